@@ -1,0 +1,41 @@
+# hoiclip-jax: `make demo` trains and evaluates on synthetic data; `make test` runs the tests.
+# Both create .venv (Python >= 3.12, found by tools/find_python.sh; override with PYTHON=...)
+# and install the pinned requirements on first use.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATA := data/synthetic
+DEMO_RUN := runs/demo
+
+.PHONY: demo test venv data-demo params clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@interp=$$(tools/find_python.sh) || exit 1; \
+	  echo "Using $$interp ($$($$interp --version))"; \
+	  $$interp -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+$(DEMO_DATA)/annotations/test_hico.json: $(STAMP) data_pipeline/synthetic.py
+	$(PY) -m data_pipeline.synthetic --out $(DEMO_DATA) --seed 0 --num-train 2000 --num-test 300
+
+data-demo: $(DEMO_DATA)/annotations/test_hico.json
+
+demo: data-demo
+	rm -rf $(DEMO_RUN)
+	$(PY) -m hoiclip_jax.evaluate --config configs/demo.py --workdir $(DEMO_RUN) --untrained \
+	  --out $(DEMO_RUN)/eval_metrics_untrained.json
+	$(PY) -m hoiclip_jax.train --config configs/demo.py --workdir $(DEMO_RUN)
+	$(PY) -m hoiclip_jax.evaluate --config configs/demo.py --workdir $(DEMO_RUN) \
+	  --compare $(DEMO_RUN)/eval_metrics_untrained.json --pictures 6
+
+params: $(STAMP)
+	for c in demo hico hico5p vcoco; do $(PY) -m hoiclip_jax.tools.param_count --config configs/$$c.py; done

@@ -1,0 +1,143 @@
+"""Shared pieces of the configs: the full HOICLIP values of the reference (§1.1, §2, §4).
+
+Every field the code reads is set here or in the config file that calls these helpers; the code
+never falls back to a default. Config files override fields after calling `hoiclip_config()`.
+"""
+import ml_collections as mlc
+
+
+def hoiclip_config(dataset: str) -> mlc.ConfigDict:
+    """The published HOICLIP setting (ResNet-50 + DETR, CLIP ViT-B/32) for 'hico' or 'vcoco'."""
+    config = mlc.ConfigDict()
+    config.seed = 42  # reference: setup_seed(233) then 42 + rank; we use one seed per run
+    config.dataset = dataset_config(dataset)
+    config.model = model_config(dataset)
+    config.matcher = matcher_config()
+    config.loss = loss_config(dataset)
+    config.optim = optim_config()
+    config.train = train_config()
+    config.eval = eval_config()
+    return config
+
+
+def dataset_config(dataset: str) -> mlc.ConfigDict:
+    d = mlc.ConfigDict()
+    d.name = dataset  # 'synthetic' | 'hico' | 'vcoco': selects the class tables
+    # Folder in the layout of the reference README: images/<split>/, annotations/<file>.
+    d.root = {"hico": "data/hico_20160224_det", "vcoco": "data/v-coco"}.get(dataset, "data/synthetic")
+    d.train_file = {"vcoco": "trainval_vcoco.json"}.get(dataset, "trainval_hico.json")
+    d.test_file = {"vcoco": "test_vcoco.json"}.get(dataset, "test_hico.json")
+    d.train_images = {"vcoco": "train2014"}.get(dataset, "train2015")
+    d.test_images = {"vcoco": "val2014"}.get(dataset, "test2015")
+    # Class tables: a JSON in the schema of data_pipeline/tables/hico_classes.json. An empty
+    # string means the packaged table of `name`; the synthetic set ships its own next to its files.
+    d.class_table = ""
+    # Static shapes for XLA: every image is resized to fit in (and padded to) this canvas.
+    d.canvas = (1333, 1333)
+    d.max_side = 1333
+    d.train_short_sides = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    d.test_short_side = 800
+    d.max_pairs = 64  # GT pairs per image, padded with a validity mask (reference keeps <= 64 boxes)
+    d.clip_image_size = 224
+    d.flip_prob = 0.5
+    d.color_jitter = 0.4
+    d.num_workers = 0  # grain worker processes (0 = in the main process)
+    return d
+
+
+def model_config(dataset: str) -> mlc.ConfigDict:
+    m = mlc.ConfigDict()
+    m.backbone = mlc.ConfigDict(dict(
+            block="bottleneck",      # ResNet-50 bottleneck blocks
+            stage_sizes=(3, 4, 6, 3),
+            width=64,                # channels of the stem; stage i has width * 2**i (x4 out for bottleneck)
+            frozen_bn_eps=1e-5,
+    ))
+    m.hidden_dim = 256
+    m.nheads = 8
+    m.enc_layers = 6
+    m.dec_layers = 3
+    m.inter_dec_layers = 3
+    m.dim_feedforward = 2048
+    m.dropout = 0.1
+    m.num_queries = 64           # 64 human + 64 object queries
+    m.clip = mlc.ConfigDict(dict(  # OpenAI CLIP ViT-B/32
+            embed_dim=512,
+            image_size=224, patch_size=32, vision_width=768, vision_layers=12, vision_heads=12,
+            vision_mlp_dim=3072,
+            context_length=77, vocab_size=49408, text_width=512, text_layers=12, text_heads=8,
+            text_mlp_dim=2048,
+            weights="",              # HF model folder; loading comes with issue 3 (random init when empty)
+    ))
+    m.inter_nheads = 8           # the 768-d CLIP interaction decoder also uses 8 heads (head dim 96)
+    m.inter_dim_feedforward = 2048
+    m.q_inter = "mean"           # 'mean' (paper) | 'mix2x2' (reproduction report)
+    m.verb_weight = 0.1 if dataset == "vcoco" else 0.5
+    m.verb_features = ""         # E_v file [V, embed_dim]; empty: mean of the HOI text embeddings per verb
+    m.logit_scale_init = 2.6592600369644165  # ln(1 / 0.07)
+    m.dtype = "float32"
+    return m
+
+
+def matcher_config() -> mlc.ConfigDict:
+    return mlc.ConfigDict(dict(
+            name="hungarian_host",
+            cost_hoi=1.0, cost_obj=1.0, cost_bbox=2.5, cost_giou=1.0,
+    ))
+
+
+def loss_config(dataset: str) -> mlc.ConfigDict:
+    return mlc.ConfigDict(dict(
+            hoi_coef=2.0, obj_coef=1.0, bbox_coef=2.5, giou_coef=1.0,
+            eos_coef=0.1,            # weight of the no-object class in the object CE
+            focal_alpha=0.5,
+    ))
+
+
+def optim_config() -> mlc.ConfigDict:
+    o = mlc.ConfigDict()
+    o.lr = 1e-4
+    o.weight_decay = 1e-4
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.grad_clip_norm = 0.1
+    o.lr_drop_epochs = (60,)     # lr x lr_drop_factor at each of these epochs
+    o.lr_drop_factor = 0.1
+    # (regex on the '/'-joined parameter path, group). First match wins; every parameter must
+    # match a rule. Groups: 'frozen' (never updated), or a key of `group_lr_mult`.
+    o.groups = (
+            (r"clip/.*", "frozen"),
+            (r"hoi_visual_projection/.*", "frozen"),
+            (r"obj_visual_projection/.*", "frozen"),
+            (r"backbone/.*bn.*", "frozen"),          # FrozenBatchNorm statistics and affine
+            (r"backbone/(stem|layer1)/.*", "frozen"),
+            (r"backbone/.*", "backbone"),
+            (r".*", "default"),
+    )
+    o.group_lr_mult = mlc.ConfigDict(dict(default=1.0, backbone=0.1))  # lr_backbone = 1e-5
+    return o
+
+
+def train_config() -> mlc.ConfigDict:
+    t = mlc.ConfigDict()
+    t.batch_size = 16            # global batch (reference: 2 GPUs x 8)
+    t.num_epochs = 90
+    t.log_every_steps = 50
+    t.checkpoint_every_steps = 1000
+    t.keep_checkpoints = 2
+    t.eval_every_epochs = 0      # 0: no evaluation during training
+    return t
+
+
+def eval_config() -> mlc.ConfigDict:
+    e = mlc.ConfigDict()
+    e.batch_size = 16
+    e.max_hois = 100             # top-k triplets per image
+    e.use_nms = True
+    e.nms_threshold = 0.7
+    e.nms_alpha = 1.0
+    e.nms_beta = 0.5
+    e.overlap_iou = 0.5
+    e.rare_threshold = 10        # HOI classes with < 10 training instances are rare
+    return e

@@ -1,0 +1,67 @@
+"""Small HOICLIP that trains on 2 CPU cores on the synthetic data set (`make demo`).
+
+    python -m data_pipeline.synthetic --out data/synthetic --seed 0 --num-train 2000 --num-test 300
+    python -m hoiclip_jax.train --config configs/demo.py --workdir runs/demo
+    python -m hoiclip_jax.evaluate --config configs/demo.py --workdir runs/demo
+
+The architecture is the full HOICLIP one (reference §1); only the sizes shrink. The backbone is
+trained from scratch (no pretrained DETR), so it is not frozen here, unlike the reference.
+"""
+from configs import common
+
+
+def get_config():
+    config = common.hoiclip_config("synthetic")
+    config.seed = 0
+
+    d = config.dataset
+    d.root = "data/synthetic"
+    d.class_table = "data/synthetic/annotations/classes.json"
+    d.canvas = (128, 128)
+    d.max_side = 128
+    d.train_short_sides = (112, 120, 128)
+    d.test_short_side = 128
+    d.max_pairs = 8
+    d.clip_image_size = 64
+    d.color_jitter = 0.1
+
+    m = config.model
+    m.backbone.stage_sizes = (1, 1, 1)  # 3 stages: stride 16, 8x8 tokens on a 128 canvas
+    m.backbone.width = 16
+    m.hidden_dim = 64
+    m.nheads = 4
+    m.enc_layers = 2
+    m.dec_layers = 3
+    m.inter_dec_layers = 3
+    m.dim_feedforward = 128
+    m.num_queries = 16
+    m.clip.update(dict(
+            embed_dim=64, image_size=64, patch_size=16, vision_width=64, vision_layers=2,
+            vision_heads=4, vision_mlp_dim=128, context_length=16, vocab_size=512, text_width=64,
+            text_layers=2, text_heads=4, text_mlp_dim=128,
+    ))
+    m.inter_nheads = 4
+    m.inter_dim_feedforward = 128
+
+    o = config.optim
+    o.lr = 2e-4
+    o.grad_clip_norm = 0.1
+    o.lr_drop_epochs = (12,)
+    o.groups = (
+            (r"clip/.*", "frozen"),
+            (r"hoi_visual_projection/.*", "frozen"),
+            (r"obj_visual_projection/.*", "frozen"),
+            (r"backbone/.*bn.*", "frozen"),
+            (r".*", "default"),
+    )
+    o.group_lr_mult = dict(default=1.0)
+
+    t = config.train
+    t.batch_size = 16
+    t.num_epochs = 15
+    t.log_every_steps = 20
+    t.checkpoint_every_steps = 500
+    t.keep_checkpoints = 2
+
+    config.eval.batch_size = 50
+    return config
