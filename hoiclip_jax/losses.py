@@ -1,0 +1,211 @@
+"""Set losses of HOICLIP given a matching (reference §2.2).
+
+Every term is computed for all decoder layers at once ([L] vectors) and then named: the final
+layer (L - 1) unsuffixed, aux layer l as `<term>_<l>`. All normalisers are global over the batch
+given; inside `jit` over a sharded batch that is the global batch (the reference normalises the
+focal and object-box terms per GPU instead).
+
+Matching contract (hoiclip_jax/matching.py): `indices [L, B, M]` holds for each GT pair the
+query matched to it, -1 for padding or no match.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+
+from hoiclip_jax import box_ops
+
+# Probability clamp of the focal loss (reference: clamp(sigmoid, 1e-4, 1 - 1e-4)).
+_FOCAL_CLAMP = 1e-4
+_FOCAL_GAMMA = 2
+# The coefficient of each term, by base name (layer suffix removed).
+_TERM_COEFS = {
+        "loss_hoi_labels": "hoi_coef",
+        "loss_obj_ce": "obj_coef",
+        "loss_sub_bbox": "bbox_coef",
+        "loss_obj_bbox": "bbox_coef",
+        "loss_sub_giou": "giou_coef",
+        "loss_obj_giou": "giou_coef",
+}
+_TOP_K_RECALL = 5
+
+
+def query_to_gt(indices: jnp.ndarray, pair_mask: jnp.ndarray, num_queries: int) -> jnp.ndarray:
+    """Inverts the matching: [L, B, M] query per GT -> [L, B, N] GT column per query (-1 none).
+
+    Entries of `indices` that are negative, out of range or on padded GT columns are ignored.
+    """
+    num_layers, b, m = indices.shape
+    valid = (indices >= 0) & (indices < num_queries) & pair_mask[None]
+    query = jnp.where(valid, indices, num_queries)  # out of range: dropped by the scatter
+    layer_ix = jnp.arange(num_layers)[:, None, None]
+    image_ix = jnp.arange(b)[None, :, None]
+    gt_ix = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), indices.shape)
+    empty = jnp.full((num_layers, b, num_queries), -1, jnp.int32)
+    return empty.at[layer_ix, image_ix, query].set(gt_ix, mode="drop")
+
+
+def _gather(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+    """x [L or 1, B, S, ...] gathered on axis 2 at index [L, B, T] (-1 reads 0): [L, B, T, ...]."""
+    index = jnp.clip(index, 0)
+    index = index.reshape(index.shape + (1,) * (x.ndim - 3))
+    shape = index.shape[:3] + x.shape[3:]
+    return jnp.take_along_axis(jnp.broadcast_to(x, shape[:2] + x.shape[2:]),
+                               jnp.broadcast_to(index, shape), axis=2)
+
+
+def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float) -> jnp.ndarray:
+    """CornerNet-style focal loss over all [B, N, K] entries of each layer.
+
+    Args:
+      logits: [L, B, N, K] HOI logits.
+      target: [L, B, N, K] multi-hot targets (0 for unmatched queries).
+      alpha: weight of the positive term; the negative one gets 1 - alpha.
+
+    Returns:
+      [L]: -(sum pos + sum neg) / num_pos, or -sum neg where a layer has no positive label.
+    """
+    p = jnp.clip(jax.nn.sigmoid(logits), _FOCAL_CLAMP, 1 - _FOCAL_CLAMP)
+    is_pos = (target == 1).astype(jnp.float32)
+    is_neg = (target < 1).astype(jnp.float32)
+    pos = alpha * jnp.log(p) * (1 - p) ** _FOCAL_GAMMA * is_pos
+    neg = (1 - alpha) * jnp.log(1 - p) * p ** _FOCAL_GAMMA * is_neg
+    axes = (1, 2, 3)
+    num_pos = is_pos.sum(axes)
+    pos_sum, neg_sum = pos.sum(axes), neg.sum(axes)
+    # max(num_pos, 1) keeps the unused branch (and its gradient) finite.
+    return jnp.where(num_pos > 0, -(pos_sum + neg_sum) / jnp.maximum(num_pos, 1), -neg_sum)
+
+
+def obj_ce_loss(logits: jnp.ndarray, target: jnp.ndarray, eos_coef: float) -> jnp.ndarray:
+    """Weighted softmax CE: [L, B, N, O+1] logits, [L, B, N] class -> [L] sum(w ce) / sum(w).
+
+    The last class is "no object" and weighs `eos_coef`; the others weigh 1.
+    """
+    no_object = logits.shape[-1] - 1
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    ce = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
+    w = jnp.where(target == no_object, eos_coef, 1.0)
+    return (w * ce).sum((1, 2)) / w.sum((1, 2))
+
+
+def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser) -> jnp.ndarray:
+    """Sum over [B, M] of values [L, B, M] where mask, divided by normaliser ([L] or scalar)."""
+    return jnp.where(mask, values, 0.0).sum((1, 2)) / normaliser
+
+
+def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
+               matched: jnp.ndarray) -> dict:
+    """L1 and GIoU losses of the matched pairs (§2.2), each [L].
+
+    Args:
+      pred_sub, pred_obj: [L, B, M, 4] cxcywh boxes of the query matched to each GT pair.
+      batch: `sub_boxes`, `obj_boxes [B, M, 4]` cxcywh, `obj_exists`, `pair_mask [B, M]`.
+      matched: [L, B, M] True where GT pair m got a query.
+
+    Subject terms are divided by the number of real GT pairs (clamped >= 1); object terms only
+    count pairs whose object exists and are divided by their number + 1e-4.
+    """
+    num_pairs = jnp.maximum(batch["pair_mask"].sum().astype(jnp.float32), 1.0)
+    obj_matched = matched & batch["obj_exists"][None]
+    num_obj = obj_matched.sum((1, 2)).astype(jnp.float32) + 1e-4
+    gt_sub, gt_obj = batch["sub_boxes"][None], batch["obj_boxes"][None]
+    l1 = lambda pred, gt: jnp.abs(pred - gt).sum(-1)
+    one_minus_giou = lambda pred, gt: 1 - box_ops.elementwise_giou(
+            box_ops.cxcywh_to_xyxy(pred), box_ops.cxcywh_to_xyxy(gt))
+    return {
+            "loss_sub_bbox": _masked_mean(l1(pred_sub, gt_sub), matched, num_pairs),
+            "loss_obj_bbox": _masked_mean(l1(pred_obj, gt_obj), obj_matched, num_obj),
+            "loss_sub_giou": _masked_mean(one_minus_giou(pred_sub, gt_sub), matched, num_pairs),
+            "loss_obj_giou": _masked_mean(one_minus_giou(pred_obj, gt_obj), obj_matched, num_obj),
+    }
+
+
+def _per_query_targets(indices: jnp.ndarray, batch: dict, num_queries: int,
+                       no_object: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-query HOI targets [L, B, N, K] (0 if unmatched) and object classes [L, B, N]."""
+    gt_of_query = query_to_gt(indices, batch["pair_mask"], num_queries)
+    has_gt = gt_of_query >= 0
+    hoi = _gather(batch["hoi_labels"][None], gt_of_query) * has_gt[..., None]
+    obj = jnp.where(has_gt, _gather(batch["obj_labels"][None], gt_of_query), no_object)
+    return hoi, obj
+
+
+def _metrics(outputs: dict, batch: dict, indices: jnp.ndarray, matched: jnp.ndarray) -> dict:
+    """Logged-only metrics of the final layer over the matched pairs, in percent.
+
+    `obj_class_error`: share of matched pairs whose argmax object class is wrong.
+    `hoi_top5_recall`: share of the GT HOI labels of matched pairs found in the top 5 HOI
+    classes of their query. Both are 0 when nothing is matched.
+    """
+    last = lambda x: jax.lax.stop_gradient(x[-1:])
+    final, ok = indices[-1:], matched[-1]
+    obj_logits = _gather(last(outputs["obj_logits"]), final)[0]  # [B, M, O+1]
+    wrong = (jnp.argmax(obj_logits, -1) != batch["obj_labels"]) & ok
+    hoi_logits = _gather(last(outputs["hoi_logits"]), final)[0]  # [B, M, K]
+    _, top = jax.lax.top_k(hoi_logits, min(_TOP_K_RECALL, hoi_logits.shape[-1]))
+    hits = jnp.take_along_axis(batch["hoi_labels"], top, axis=-1).sum(-1)
+    labels = batch["hoi_labels"].sum(-1)
+    return {
+            "obj_class_error": 100.0 * wrong.sum() / jnp.maximum(ok.sum(), 1),
+            "hoi_top5_recall": 100.0 * jnp.where(ok, hits, 0).sum()
+                               / jnp.maximum(jnp.where(ok, labels, 0).sum(), 1),
+    }
+
+
+def _name_layers(per_layer: dict) -> dict:
+    """{term: [L]} -> {term: final-layer scalar, term_l: aux layer l}."""
+    named = {}
+    for term, values in per_layer.items():
+        named[term] = values[-1]
+        named.update({f"{term}_{l}": values[l] for l in range(values.shape[0] - 1)})
+    return named
+
+
+def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config) -> dict:
+    """The six §2.2 terms for every decoder layer, plus logged-only metrics.
+
+    Args:
+      outputs: model outputs (docs/design.md): `hoi_logits [L, B, N, K]`, `obj_logits
+        [L, B, N, O+1]` (last entry = no object), `sub_boxes`, `obj_boxes [L, B, N, 4]` cxcywh.
+      batch: the batch dict of docs/design.md (GT boxes cxcywh normalised, `pair_mask [B, M]`).
+      indices: [L, B, M] int32 query matched to each GT pair, -1 for none.
+      loss_config: `focal_alpha`, `eos_coef`.
+
+    Returns:
+      {name: scalar}: `loss_*` terms (final layer unsuffixed, aux layers `_0`, `_1`, ...) and the
+      metrics `obj_class_error`, `hoi_top5_recall` (final layer, not to be optimised).
+    """
+    outputs = {k: jnp.asarray(v, jnp.float32) for k, v in outputs.items()
+               if k in ("hoi_logits", "obj_logits", "sub_boxes", "obj_boxes")}
+    batch = dict(batch, pair_mask=jnp.asarray(batch["pair_mask"], bool),
+                 obj_exists=jnp.asarray(batch["obj_exists"], bool),
+                 hoi_labels=jnp.asarray(batch["hoi_labels"], jnp.float32))
+    num_queries, no_object = outputs["obj_logits"].shape[2], outputs["obj_logits"].shape[3] - 1
+    hoi_target, obj_target = _per_query_targets(indices, batch, num_queries, no_object)
+    matched = (indices >= 0) & (indices < num_queries) & batch["pair_mask"][None]
+    per_layer = {
+            "loss_hoi_labels": focal_hoi_loss(outputs["hoi_logits"], hoi_target,
+                                              loss_config.focal_alpha),
+            "loss_obj_ce": obj_ce_loss(outputs["obj_logits"], obj_target, loss_config.eos_coef),
+            **box_losses(_gather(outputs["sub_boxes"], indices),
+                         _gather(outputs["obj_boxes"], indices), batch, matched),
+    }
+    return {**_name_layers(per_layer), **_metrics(outputs, batch, indices, matched)}
+
+
+def total_loss(terms: dict, loss_config) -> jnp.ndarray:
+    """Weighted sum of the `loss_*` terms; the coefficient is chosen by the term's base name.
+
+    Other entries (metrics) are ignored. An unknown `loss_*` name raises a ValueError.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for name, value in terms.items():
+        if not name.startswith("loss_"):
+            continue
+        base = re.sub(r"_\d+$", "", name)
+        if base not in _TERM_COEFS:
+            raise ValueError(f"loss term {name!r} has no coefficient; known terms: "
+                             f"{sorted(_TERM_COEFS)}")
+        total = total + getattr(loss_config, _TERM_COEFS[base]) * value
+    return total
