@@ -1,0 +1,322 @@
+"""The HOICLIP model (reference §1): DETR instance branch + CLIP interaction branch.
+
+    model = build_model(config.model, tables)
+    params = init_params(model, jax.random.PRNGKey(0), config, tables)
+    out = model.apply({'params': params}, image, pixel_mask, clip_image, train=True,
+                      rngs={'dropout': key})
+
+Top-level parameter names (config.optim.groups freezes by regex on them): `backbone`,
+`input_proj`, `encoder`, `instance_decoder`, `query_embed_h`, `query_embed_o`, `pos_guided_embed`,
+`hum_bbox_embed`, `obj_bbox_embed`, `obj_class_fc`, `obj_class_ln`, `obj_logit_scale`,
+`obj_visual_projection`, `clip` (Hugging Face Flax layout), `interaction`, `logit_scale`,
+`inter2verb`, `hoi_visual_projection`, `verb_projection`.
+
+Initialisation (§1.8): transformer kernels (encoder, decoders, the interaction module) xavier
+uniform, attention biases zero, other transformer biases PyTorch's default; the heads that live
+outside the reference's transformer (box MLPs, inter2verb, obj_class_fc, input_proj and the two
+text classifiers' biases) keep PyTorch's default Linear/Conv init U(+-1/sqrt(fan_in)); queries
+N(0, 1), pos_guided_embed U[0, 1); backbone convs kaiming normal (fan_out), FrozenBN identity;
+CLIP as documented in clip.py. `init_params` then writes the text-derived classifier kernels.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, layer_norm,
+                                          torch_default_bias)
+from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
+from hoiclip_jax.models.clip import CLIP, ClipSpec
+from hoiclip_jax.models.detr import Encoder, InstanceDecoder, sine_position_embedding
+from hoiclip_jax.models.interaction import Q_INTER_MODES, InteractionDecoder
+from hoiclip_jax.models.tokenizer import build_tokenizer
+
+
+STANDARD_NORMAL = nn.initializers.normal(1.0)
+
+
+def _torch_dense(features: int, fan_in: int, use_bias: bool = True, **kwargs) -> nn.Dense:
+    """nn.Linear with PyTorch's default init."""
+    return nn.Dense(features, use_bias=use_bias, kernel_init=TORCH_DEFAULT_KERNEL,
+                    bias_init=torch_default_bias(fan_in), **kwargs)
+
+
+class MLP(nn.Module):
+    """DETR's MLP: `num_layers` Linear layers (named layer0, layer1, ...) with ReLU between."""
+    hidden_dim: int
+    out_dim: int
+    num_layers: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        """x: [..., Din] -> [..., out_dim]."""
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = _torch_dense(self.out_dim if last else self.hidden_dim, x.shape[-1],
+                             dtype=self.dtype, name=f"layer{i}")(x)
+            x = x if last else nn.relu(x)
+        return x
+
+
+class HOICLIP(nn.Module):
+    """HOICLIP; built by `build_model` from plain hashable values.
+
+    Attributes:
+      backbone_spec, clip_spec: sizes of the ResNet and of CLIP.
+      hidden_dim ... num_queries: DETR sizes (config.model; num_queries = N per branch).
+      inter_nheads, inter_dim_feedforward, q_inter: the CLIP interaction decoder.
+      verb_weight: weight of the verb-adapter logits in the HOI logits.
+      logit_scale_init: initial logit_scale and obj_logit_scale (ln(1/0.07)).
+      num_hois, num_obj_logits, num_verbs: K, O + 1, V.
+      hoi_to_verb: [K] verb index of each HOI class (builds the fixed verb2hoi matrix).
+      dtype: computation dtype (params are float32; outputs are cast to float32).
+    """
+    backbone_spec: BackboneSpec
+    clip_spec: ClipSpec
+    hidden_dim: int
+    nheads: int
+    enc_layers: int
+    dec_layers: int
+    inter_dec_layers: int
+    dim_feedforward: int
+    dropout: float
+    num_queries: int
+    inter_nheads: int
+    inter_dim_feedforward: int
+    q_inter: str
+    verb_weight: float
+    logit_scale_init: float
+    num_hois: int
+    num_obj_logits: int
+    num_verbs: int
+    hoi_to_verb: tuple[int, ...]
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        d, e, dt = self.hidden_dim, self.clip_spec.embed_dim, self.dtype
+        scale_init = nn.initializers.constant(self.logit_scale_init)
+        self.backbone = ResNet(self.backbone_spec, dt)
+        self.input_proj = nn.Conv(d, (1, 1), kernel_init=TORCH_DEFAULT_KERNEL, dtype=dt,
+                                  bias_init=torch_default_bias(self.backbone_spec.out_channels))
+        detr = dict(num_heads=self.nheads, dim_feedforward=self.dim_feedforward,
+                    dropout=self.dropout, dtype=dt)
+        self.encoder = Encoder(self.enc_layers, **detr)
+        self.instance_decoder = InstanceDecoder(self.dec_layers, **detr)
+        # Not loaded from DETR in the reference: PyTorch's nn.Embedding init N(0, 1).
+        self.query_embed_h = nn.Embed(self.num_queries, d, embedding_init=STANDARD_NORMAL)
+        self.query_embed_o = nn.Embed(self.num_queries, d, embedding_init=STANDARD_NORMAL)
+        self.pos_guided_embed = nn.Embed(self.num_queries, d,
+                                         embedding_init=nn.initializers.uniform(1.0))
+        self.hum_bbox_embed = MLP(d, 4, 3, dt)
+        self.obj_bbox_embed = MLP(d, 4, 3, dt)
+        self.obj_class_fc = _torch_dense(e, d, dtype=dt)
+        self.obj_class_ln = layer_norm(dtype=dt)
+        self.obj_logit_scale = self.param("obj_logit_scale", scale_init, ())
+        self.obj_visual_projection = _torch_dense(self.num_obj_logits, e, dtype=dt)
+        self.clip = CLIP(self.clip_spec, self.logit_scale_init, dt)
+        self.interaction = InteractionDecoder(
+                self.clip_spec.vision_width, self.inter_dec_layers, self.inter_nheads,
+                self.inter_dim_feedforward, self.dropout, self.q_inter, dt)
+        self.logit_scale = self.param("logit_scale", scale_init, ())
+        self.inter2verb = MLP(d, e, 3, dt)
+        self.hoi_visual_projection = _torch_dense(self.num_hois, e, dtype=dt)
+        self.verb_projection = _torch_dense(self.num_verbs, e, use_bias=False, dtype=dt)
+
+    def __call__(self, image, pixel_mask, clip_image, train: bool = False):
+        """Runs HOICLIP.
+
+        Args:
+          image: [B, H, W, 3] ImageNet-normalised, padded bottom/right.
+          pixel_mask: [B, H, W] bool, True on real pixels.
+          clip_image: [B, C, C, 3] the CLIP view.
+          train: enables dropout (needs rngs={'dropout': key}).
+
+        Returns:
+          dict (docs/design.md): hoi_logits [L, B, N, K], obj_logits [L, B, N, O+1], sub_boxes and
+          obj_boxes [L, B, N, 4] (sigmoid cxcywh, normalised), clip_cls [B, E] (L2-normalised),
+          clip_visual [B, T, E].
+        """
+        deterministic = not train
+        if self.is_initializing():
+            # The forward pass never runs the text tower; touch it so that its params exist.
+            self.clip.encode_text(jnp.zeros((1, self.clip_spec.context_length), jnp.int32))
+        memory, ins_hs = self.detect(image, pixel_mask, deterministic)
+        h_hs, o_hs = ins_hs[:, :, :self.num_queries], ins_hs[:, :, self.num_queries:]
+        clip_embeds, clip_tokens = self.clip.encode_image(clip_image)
+        inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic)
+        # The frozen CLIP visual projection maps the decoder output into the joint space (§1.5.5).
+        outputs = {
+            "hoi_logits": self.hoi_logits(self.clip.project_image(inter_hs)),
+            "obj_logits": self.obj_logits(o_hs),
+            "sub_boxes": jax.nn.sigmoid(self.hum_bbox_embed(h_hs)),
+            "obj_boxes": jax.nn.sigmoid(self.obj_bbox_embed(o_hs)),
+            "clip_cls": l2_normalize(clip_embeds),
+            "clip_visual": self.clip.project_image(clip_tokens),
+        }
+        return {k: v.astype(jnp.float32) for k, v in outputs.items()}
+
+    def detect(self, image, pixel_mask, deterministic: bool):
+        """Backbone, encoder and instance decoder.
+
+        Returns:
+          memory: [B, S, D] encoder output (S = h * w feature positions).
+          ins_hs: [L, B, 2N, D] instance-decoder outputs (humans, then objects).
+        """
+        feats = self.backbone(image)
+        mask = downsample_mask(pixel_mask, feats.shape[1:3])
+        pos = sine_position_embedding(mask, self.hidden_dim // 2).astype(self.dtype)
+        src = self.input_proj(feats)
+        batch = src.shape[0]
+        flat = lambda x: x.reshape(batch, -1, x.shape[-1])
+        src, pos, mask = flat(src), flat(pos), mask.reshape(batch, -1)
+        memory = self.encoder(src, pos, mask, deterministic)
+        queries = jnp.arange(self.num_queries)
+        guide = self.pos_guided_embed(queries)
+        query_pos = jnp.concatenate([self.query_embed_h(queries) + guide,
+                                     self.query_embed_o(queries) + guide])
+        query_pos = jnp.broadcast_to(query_pos, (batch,) + query_pos.shape).astype(self.dtype)
+        tgt = jnp.zeros_like(query_pos)
+        return memory, self.instance_decoder(tgt, memory, query_pos, pos, mask, deterministic)
+
+    def obj_logits(self, o_hs):
+        """o_hs [L, B, N, D] -> [L, B, N, O+1]: exp(s_o) * proj(norm(LN(fc(o)))) (§1.4)."""
+        x = l2_normalize(self.obj_class_ln(self.obj_class_fc(o_hs)))
+        return jnp.exp(self.obj_logit_scale) * self.obj_visual_projection(x)
+
+    def hoi_logits(self, o_inter):
+        """O_inter [L, B, N, E] -> S_inter + verb_weight * S_v @ verb2hoi, [L, B, N, K] (§1.6)."""
+        scale = jnp.exp(self.logit_scale)
+        s_inter = scale * self.hoi_visual_projection(l2_normalize(o_inter))
+        s_verb = scale * self.verb_projection(l2_normalize(self.inter2verb(o_inter)))
+        # Fixed 0/1 [V, K] matrix: verb2hoi[v, k] = 1 iff HOI k has verb v (a constant).
+        verb2hoi = jax.nn.one_hot(jnp.asarray(self.hoi_to_verb), self.num_verbs,
+                                  dtype=s_verb.dtype).T
+        return s_inter + self.verb_weight * s_verb @ verb2hoi
+
+    def encode_text(self, token_ids):
+        """CLIP text embeddings (not normalised) [n, E] of token_ids [n, T]."""
+        return self.clip.encode_text(token_ids)
+
+
+def build_model(model_config, tables) -> HOICLIP:
+    """Builds HOICLIP for config.model and the class tables (K, O + 1, V, hoi_to_verb).
+
+    The verb2hoi matrix is the intended one for every data set (the reference's V-COCO matrix
+    indexes object ids by mistake, §1.6; not reproduced).
+    """
+    m = model_config
+    if m.dec_layers != m.inter_dec_layers:
+        raise ValueError(f"config.model.dec_layers={m.dec_layers} != inter_dec_layers="
+                         f"{m.inter_dec_layers}: the aux outputs pair the layers one to one")
+    if m.q_inter not in Q_INTER_MODES:
+        raise ValueError(f"config.model.q_inter={m.q_inter!r}: expected one of {Q_INTER_MODES}")
+    if len(tables.object_prompts) != tables.num_objects + 1:
+        raise ValueError(f"class tables '{tables.name}': {len(tables.object_prompts)} object "
+                         f"prompts for {tables.num_objects} objects (+1 for 'nothing' expected)")
+    b = m.backbone
+    clip_fields = [f.name for f in dataclasses.fields(ClipSpec)]
+    return HOICLIP(
+            backbone_spec=BackboneSpec(b.block, tuple(b.stage_sizes), b.width, b.frozen_bn_eps),
+            clip_spec=ClipSpec(**{name: m.clip[name] for name in clip_fields}),
+            hidden_dim=m.hidden_dim, nheads=m.nheads, enc_layers=m.enc_layers,
+            dec_layers=m.dec_layers, inter_dec_layers=m.inter_dec_layers,
+            dim_feedforward=m.dim_feedforward, dropout=m.dropout, num_queries=m.num_queries,
+            inter_nheads=m.inter_nheads, inter_dim_feedforward=m.inter_dim_feedforward,
+            q_inter=m.q_inter, verb_weight=float(m.verb_weight),
+            logit_scale_init=float(m.logit_scale_init), num_hois=tables.num_hois,
+            num_obj_logits=tables.num_objects + 1, num_verbs=tables.num_verbs,
+            hoi_to_verb=tuple(int(v) for v in tables.hoi_to_verb), dtype=jnp.dtype(m.dtype))
+
+
+def dummy_inputs(dataset_config, batch_size: int = 1):
+    """Zero (image, pixel_mask, clip_image) of the config's static shapes."""
+    h, w = dataset_config.canvas
+    c = dataset_config.clip_image_size
+    return (jnp.zeros((batch_size, h, w, 3), jnp.float32), jnp.ones((batch_size, h, w), bool),
+            jnp.zeros((batch_size, c, c, 3), jnp.float32))
+
+
+def _init_variables(model: HOICLIP, rng, dataset_config) -> dict:
+    return model.init(rng, *dummy_inputs(dataset_config), train=False)["params"]
+
+
+def random_params(model: HOICLIP, rng, dataset_config) -> dict:
+    """`model.init` params (random; classifier kernels not yet from text).
+
+    Compiled at LLVM -O0: XLA:CPU spends ~0.1-0.5 s optimising each random-init kernel (there
+    are hundreds) and this runs once; -O0 makes the compile several times faster.
+    """
+    init = jax.jit(functools.partial(_init_variables, model, dataset_config=dataset_config),
+                   compiler_options={"xla_backend_optimization_level": 0})
+    return init(rng)
+
+
+def abstract_params(model: HOICLIP, dataset_config) -> dict:
+    """Param shapes (jax.ShapeDtypeStruct tree) without allocating or computing anything."""
+    return jax.eval_shape(functools.partial(_init_variables, model, dataset_config=dataset_config),
+                          jax.random.PRNGKey(0))
+
+
+def text_embeddings(model: HOICLIP, params: dict, tokenizer, prompts) -> jax.Array:
+    """L2-normalised CLIP text embeddings [n, E] of `prompts`."""
+    tokens = tokenizer(list(prompts))
+    # The tower is causal and pools at the EOT token, so positions after the last EOT cannot
+    # change the result: drop them (prompts are far shorter than the 77-token context).
+    length = int(np.argmax(tokens, axis=1).max()) + 1
+    encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method=HOICLIP.encode_text))
+    return l2_normalize(encode(params, jnp.asarray(tokens[:, :length])))
+
+
+def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
+    """E_v [V, E]: the .npy of config.model.verb_features, or a text stand-in.
+
+    The stand-in (verb_features == '') is the L2-normalised mean of the normalised HOI text
+    embeddings of each verb's HOI classes; it holds until the visual E_v of issue 7 (§5.1). A
+    file is used as-is (the reference's V-COCO E_v is not normalised either).
+    """
+    if model_config.verb_features:
+        verbs = np.load(model_config.verb_features).astype(np.float32)
+        expected = (tables.num_verbs, hoi_text.shape[1])
+        if verbs.shape != expected:
+            raise ValueError(f"config.model.verb_features={model_config.verb_features!r}: shape "
+                             f"{verbs.shape}, expected [V, E] = {expected}")
+        return jnp.asarray(verbs)
+    hoi_to_verb = np.asarray(tables.hoi_to_verb)
+    rows = []
+    for v in range(tables.num_verbs):
+        members = np.flatnonzero(hoi_to_verb == v)
+        if members.size == 0:
+            raise ValueError(f"class tables '{tables.name}': verb {v} ({tables.verbs[v]!r}) has "
+                             "no HOI class, so it has no text E_v; set config.model.verb_features")
+        rows.append(hoi_text[members].mean(axis=0))
+    return l2_normalize(jnp.stack(rows))
+
+
+def init_params(model: HOICLIP, rng, config, tables) -> dict:
+    """Random init plus the text-derived classifiers (§1.4, §1.6).
+
+    hoi_visual_projection/kernel and obj_visual_projection/kernel = the normalised CLIP text
+    embeddings of the HOI / object prompts (transposed to [E, K] / [E, O+1]); their biases stay
+    random (frozen by the optimizer, as in the reference); verb_projection/kernel = E_v^T.
+
+    Returns:
+      the params dict (the 'params' collection).
+    """
+    params = dict(random_params(model, rng, config.dataset))
+    tokenizer = build_tokenizer(config.model.clip,
+                                list(tables.hoi_prompts) + list(tables.object_prompts))
+    hoi_text = text_embeddings(model, params, tokenizer, tables.hoi_prompts)
+    obj_text = text_embeddings(model, params, tokenizer, tables.object_prompts)
+    kernels = {"hoi_visual_projection": hoi_text.T, "obj_visual_projection": obj_text.T,
+               "verb_projection": verb_embeddings(config.model, tables, hoi_text).T}
+    for name, kernel in kernels.items():
+        old = params[name]["kernel"]
+        if kernel.shape != old.shape:
+            raise ValueError(f"{name}/kernel: text-derived shape {kernel.shape} != {old.shape}")
+        params[name] = {**params[name], "kernel": kernel.astype(old.dtype)}
+    return params
