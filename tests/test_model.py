@@ -18,8 +18,8 @@ from hoiclip_jax.models.tokenizer import WordTokenizer, build_tokenizer
 from hoiclip_jax.tools import param_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STATE_DICT_CANDIDATES = [os.path.join(REPO, "shared", "data", "hoiclip_state_dict.json"),
-                         os.path.join(REPO, "..", "shared", "data", "hoiclip_state_dict.json")]
+# Key/shape table of a real HOICLIP checkpoint (copied from shared/data; facts only, no weights).
+STATE_DICT_TABLE = os.path.join(REPO, "tests", "fixtures", "hoiclip_state_dict.json")
 
 
 def normalize(x):
@@ -317,10 +317,7 @@ def test_full_configs_build(config_module, num_hois, num_obj_logits, num_verbs):
 
 
 def test_hico_param_counts_match_the_reference_checkpoint():
-    path = next((p for p in STATE_DICT_CANDIDATES if os.path.exists(p)), None)
-    if path is None:
-        raise FileNotFoundError(f"hoiclip_state_dict.json not found in {STATE_DICT_CANDIDATES}")
-    with open(path) as f:
+    with open(STATE_DICT_TABLE) as f:
         reference = json.load(f)
     keys = reference["keys"]
     size = lambda entry: math.prod(entry["shape"])

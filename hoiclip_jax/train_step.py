@@ -1,0 +1,61 @@
+"""The jitted, data-parallel training step.
+
+State: `{'step': i32[], 'trainable': params, 'frozen': params, 'opt_state': optax state,
+'rng': u32[2]}`, replicated over the mesh. The batch (docs/design.md) is sharded on 'data'.
+One step = forward, costs on device, Hungarian assignment on the host (one callback per step
+and device), set losses, gradients of the trainable parameters only, AdamW.
+"""
+import functools
+from typing import Any, Callable
+
+import jax
+import optax
+
+from hoiclip_jax import losses, optim, sharding
+
+
+def make_loss_fn(model, matcher: Callable, loss_config) -> Callable:
+    """(trainable, frozen, batch, rng) -> (total loss, loss terms)."""
+
+    def loss_fn(trainable, frozen, batch, rng):
+        params = optim.merge_params(trainable, frozen)
+        outputs = model.apply({"params": params}, batch["image"], batch["pixel_mask"],
+                              batch["clip_image"], train=True, rngs={"dropout": rng})
+        indices = matcher(outputs, batch)
+        terms = losses.set_losses(outputs, batch, indices, loss_config)
+        return losses.total_loss(terms, loss_config), terms
+
+    return loss_fn
+
+
+def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, loss_config,
+                    mesh) -> Callable:
+    """Returns `step(state, batch) -> (state, metrics)`, jitted with the state donated."""
+    loss_fn = make_loss_fn(model, matcher, loss_config)
+    repl = sharding.replicated(mesh)
+
+    @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(repl, repl))
+    def step(state: dict, batch: dict) -> tuple[dict, dict]:
+        # Dropout differs per step but not per device: the key is folded with the step only, and
+        # the partitionable threefry generator gives every device its slice of one global draw.
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["trainable"], state["frozen"], batch, rng)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
+                         trainable=optax.apply_updates(state["trainable"], updates))
+        metrics = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+        return new_state, metrics
+
+    return step
+
+
+def init_state(trainable: Any, frozen: Any, tx: optax.GradientTransformation, seed: int) -> dict:
+    """The step-0 train state on the host (place it with `sharding.put_replicated`)."""
+    return {
+        "step": jax.numpy.zeros((), jax.numpy.int32),
+        "trainable": trainable,
+        "frozen": frozen,
+        "opt_state": tx.init(trainable),
+        "rng": jax.random.PRNGKey(seed),  # raw u32[2]: checkpoints as a plain array
+    }

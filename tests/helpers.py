@@ -1,0 +1,83 @@
+"""Small builders shared by the tests: a tiny class table, a tiny config, a random batch."""
+import json
+import os
+
+import numpy as np
+
+from configs import demo
+
+TINY_VERBS = ["hold", "ride", "no_interaction"]
+TINY_OBJECTS = ["person", "ball", "horse"]
+TINY_HOIS = [(0, 1), (1, 2), (2, 1), (2, 2), (0, 0)]
+
+
+def write_tiny_table(directory: str) -> str:
+    """Writes a class table in the schema of data_pipeline/tables/hico_classes.json."""
+    table = {
+        "verbs": TINY_VERBS,
+        "objects": TINY_OBJECTS,
+        "coco_ids": [1, 37, 19],
+        "hois": [{"verb": v, "object": o,
+                  "prompt": f"a photo of a person {TINY_VERBS[v]} a {TINY_OBJECTS[o]}"}
+                 for v, o in TINY_HOIS],
+        "object_prompts": [f"a photo of a {o}" for o in TINY_OBJECTS] + ["a photo of nothing"],
+        "rare_hois": [3, 4],
+    }
+    path = os.path.join(directory, "classes.json")
+    with open(path, "w") as f:
+        json.dump(table, f)
+    return path
+
+
+def tiny_config(table_path: str):
+    """The demo config shrunk further so that a train step compiles in seconds."""
+    config = demo.get_config()
+    config.dataset.class_table = table_path
+    config.dataset.canvas = (64, 64)
+    config.dataset.max_side = 64
+    config.dataset.clip_image_size = 32
+    config.dataset.max_pairs = 3
+    m = config.model
+    m.backbone.width = 8
+    m.hidden_dim = 32
+    m.enc_layers = 1
+    m.dec_layers = 2
+    m.inter_dec_layers = 2
+    m.dim_feedforward = 32
+    m.num_queries = 4
+    m.clip.update(dict(embed_dim=32, image_size=32, vision_width=32, vision_layers=1,
+                       vision_mlp_dim=32, text_width=32, text_layers=1, text_mlp_dim=32,
+                       vocab_size=64))
+    m.inter_dim_feedforward = 32
+    return config
+
+
+def random_batch(config, num_hois: int, num_verbs: int, num_objects: int, batch_size: int,
+                 seed: int = 0) -> dict:
+    """A batch in the contract of docs/design.md with random but valid content."""
+    rng = np.random.default_rng(seed)
+    h, w = config.dataset.canvas
+    c = config.dataset.clip_image_size
+    m = config.dataset.max_pairs
+    n_pairs = rng.integers(0, m + 1, size=batch_size)
+    n_pairs[0] = m  # at least one full image
+    pair_mask = np.arange(m)[None] < n_pairs[:, None]
+    boxes = lambda: np.concatenate([rng.uniform(0.2, 0.8, (batch_size, m, 2)),
+                                    rng.uniform(0.1, 0.4, (batch_size, m, 2))], -1)
+    hoi_labels = (rng.random((batch_size, m, num_hois)) < 0.3) & pair_mask[..., None]
+    pixel_mask = np.ones((batch_size, h, w), bool)
+    pixel_mask[1, :, w * 3 // 4:] = False  # one padded image
+    return {
+        "image": rng.normal(size=(batch_size, h, w, 3)).astype(np.float32),
+        "pixel_mask": pixel_mask,
+        "clip_image": rng.normal(size=(batch_size, c, c, 3)).astype(np.float32),
+        "sub_boxes": (boxes() * pair_mask[..., None]).astype(np.float32),
+        "obj_boxes": (boxes() * pair_mask[..., None]).astype(np.float32),
+        "obj_labels": rng.integers(0, num_objects, (batch_size, m)).astype(np.int32),
+        "obj_exists": pair_mask.copy(),
+        "hoi_labels": hoi_labels.astype(np.float32),
+        "verb_labels": np.zeros((batch_size, m, num_verbs), np.float32),
+        "pair_mask": pair_mask,
+        "image_id": np.arange(batch_size, dtype=np.int32),
+        "orig_size": np.full((batch_size, 2), h, np.int32),
+    }
