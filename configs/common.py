@@ -24,7 +24,8 @@ def dataset_config(dataset: str) -> mlc.ConfigDict:
     d = mlc.ConfigDict()
     d.name = dataset  # 'synthetic' | 'hico' | 'vcoco': selects the class tables
     # Folder in the layout of the reference README: images/<split>/, annotations/<file>.
-    d.root = {"hico": "data/hico_20160224_det", "vcoco": "data/v-coco"}.get(dataset, "data/synthetic")
+    roots = {"hico": "data/hico_20160224_det", "vcoco": "data/v-coco"}
+    d.root = roots.get(dataset, "data/synthetic")
     d.train_file = {"vcoco": "trainval_vcoco.json"}.get(dataset, "trainval_hico.json")
     d.test_file = {"vcoco": "test_vcoco.json"}.get(dataset, "test_hico.json")
     d.train_images = {"vcoco": "train2014"}.get(dataset, "train2015")
@@ -37,7 +38,7 @@ def dataset_config(dataset: str) -> mlc.ConfigDict:
     d.max_side = 1333
     d.train_short_sides = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
     d.test_short_side = 800
-    d.max_pairs = 64  # GT pairs per image, padded with a validity mask (reference keeps <= 64 boxes)
+    d.max_pairs = 64  # GT pairs per image, padded with a mask (the reference keeps <= 64 boxes)
     d.clip_image_size = 224
     d.flip_prob = 0.5
     d.color_jitter = 0.4
@@ -50,8 +51,9 @@ def model_config(dataset: str) -> mlc.ConfigDict:
     m.backbone = mlc.ConfigDict(dict(
             block="bottleneck",      # ResNet-50 bottleneck blocks
             stage_sizes=(3, 4, 6, 3),
-            width=64,                # channels of the stem; stage i has width * 2**i (x4 out for bottleneck)
+            width=64,                # stem channels; stage i has width * 2**i (x4 out)
             frozen_bn_eps=1e-5,
+        norm="frozen_bn",        # 'frozen_bn' (pretrained, reference) | 'group_norm' (from scratch)
     ))
     m.hidden_dim = 256
     m.nheads = 8
@@ -67,14 +69,19 @@ def model_config(dataset: str) -> mlc.ConfigDict:
             vision_mlp_dim=3072,
             context_length=77, vocab_size=49408, text_width=512, text_layers=12, text_heads=8,
             text_mlp_dim=2048,
-            weights="",              # HF model folder; loading comes with issue 3 (random init when empty)
+            weights="",              # HF model folder (loading: issue 3); empty = random init
     ))
-    m.inter_nheads = 8           # the 768-d CLIP interaction decoder also uses 8 heads (head dim 96)
+    m.inter_nheads = 8           # the 768-d CLIP interaction decoder: 8 heads (head dim 96)
     m.inter_dim_feedforward = 2048
     m.q_inter = "mean"           # 'mean' (paper) | 'mix2x2' (reproduction report)
     m.verb_weight = 0.1 if dataset == "vcoco" else 0.5
-    m.verb_features = ""         # E_v file [V, embed_dim]; empty: mean of the HOI text embeddings per verb
+    # E_v file [V, embed_dim]; empty: mean of each verb's HOI text embeddings
+    m.verb_features = ""
     m.logit_scale_init = 2.6592600369644165  # ln(1 / 0.07)
+    # Remove the mean text embedding of each prompt set before the classifiers are built. Only
+    # for a random (untrained) CLIP, whose prompt embeddings are nearly parallel; not in the
+    # reference.
+    m.center_text_embeddings = False
     m.dtype = "float32"
     return m
 

@@ -16,14 +16,19 @@ from PIL import Image
 from data_pipeline import class_tables
 from hoiclip_jax import cli, evaluation, sharding, state_io, visualize
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by hoiclip_jax.train.",
-                               required=True)
-_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step to evaluate (default: latest).")
-_UNTRAINED = flags.DEFINE_bool("untrained", False, "Evaluate the model at initialisation.")
-_OUT = flags.DEFINE_string("out", None, "Metrics JSON (default: <workdir>/eval_metrics.json).")
-_COMPARE = flags.DEFINE_string("compare", None, "Another metrics JSON to print as a second row.")
-_PICTURES = flags.DEFINE_integer("pictures", 0, "Draw predictions on this many test images.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Run folder written by hoiclip_jax.train.", required=True)
+    flags.DEFINE_integer("checkpoint", None, "Step to evaluate (default: latest).")
+    flags.DEFINE_bool("untrained", False, "Evaluate the model at initialisation.")
+    flags.DEFINE_string("out", None, "Metrics JSON (default: <workdir>/eval_metrics.json).")
+    flags.DEFINE_string("compare", None, "Another metrics JSON to print as a second row.")
+    flags.DEFINE_integer("pictures", 0, "Draw predictions on this many test images.")
+
 
 METRIC_KEYS = ("mAP", "mAP_rare", "mAP_non_rare", "mean_max_recall")
 
@@ -56,36 +61,39 @@ def run(config, workdir: str, step, untrained: bool) -> tuple[dict, list, list, 
         label = f"step {step}"
     params = sharding.put_replicated(params, mesh)
     metrics, predictions, records = evaluation.evaluate_hico(model, params, config, tables, mesh)
-    metrics = {k: float(metrics[k]) for k in METRIC_KEYS} | {"checkpoint": label}
+    # A mean over no class (e.g. no rare class predicted) is NaN; JSON gets null for it.
+    metrics = {k: None if np.isnan(metrics[k]) else float(metrics[k]) for k in METRIC_KEYS}
+    metrics["checkpoint"] = label
     return metrics, predictions, records, tables
 
 
 def main(argv):
     del argv
     cli.setup_logging()
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    metrics, predictions, records, tables = run(config, workdir, _CHECKPOINT.value,
-                                                _UNTRAINED.value)
-    out = _OUT.value or os.path.join(workdir, "eval_metrics.json")
+    config, workdir = FLAGS.config, FLAGS.workdir
+    metrics, predictions, records, tables = run(config, workdir, FLAGS.checkpoint,
+                                                FLAGS.untrained)
+    out = FLAGS.out or os.path.join(workdir, "eval_metrics.json")
     rows = {metrics["checkpoint"]: metrics}
-    if _COMPARE.value:
-        with open(_COMPARE.value) as f:
+    if FLAGS.compare:
+        with open(FLAGS.compare) as f:
             baseline = json.load(f)
         rows = {baseline["checkpoint"]: baseline} | rows
-        if baseline["mAP"] > 0:
+        if baseline["mAP"]:
             metrics["mAP_gain_over_" + baseline["checkpoint"]] = metrics["mAP"] / baseline["mAP"]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(metrics, f, indent=2, allow_nan=False)
     print(f"\nHICO-Det python protocol on {config.dataset.root} test "
           f"({len(records)} images), mAP in %:")
     print(evaluation.format_table(rows))
     print(f"metrics: {out}")
-    if _PICTURES.value:
+    if FLAGS.pictures:
         path = save_pictures(predictions, records, tables, config,
-                             os.path.join(workdir, "predictions.png"), _PICTURES.value)
+                             os.path.join(workdir, "predictions.png"), FLAGS.pictures)
         print(f"pictures of predictions: {path}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

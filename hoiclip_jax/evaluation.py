@@ -93,7 +93,8 @@ def format_table(rows: dict[str, dict]) -> str:
     """A percent table of Full / Rare / Non-rare mAP and mean max recall, one row per entry."""
     head = f"{'':<12}{'Full':>8}{'Rare':>8}{'Non-rare':>10}{'MaxRec':>8}"
     lines = [head, "-" * len(head)]
+    pct = lambda v, width: f"{'n/a' if v is None else f'{100 * v:.2f}':>{width}}"
     for name, m in rows.items():
-        lines.append(f"{name:<12}{100 * m['mAP']:>8.2f}{100 * m['mAP_rare']:>8.2f}"
-                     f"{100 * m['mAP_non_rare']:>10.2f}{100 * m['mean_max_recall']:>8.2f}")
+        lines.append(f"{name:<12}{pct(m['mAP'], 8)}{pct(m['mAP_rare'], 8)}"
+                     f"{pct(m['mAP_non_rare'], 10)}{pct(m['mean_max_recall'], 8)}")
     return "\n".join(lines)

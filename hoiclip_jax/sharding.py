@@ -37,7 +37,8 @@ def batch_sharding(mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, mesh) -> None:
     """The global batch must split evenly over devices and processes."""
     if global_batch_size % mesh.size:
-        raise ValueError(f"global batch {global_batch_size} does not split over {mesh.size} devices")
+        raise ValueError(
+            f"global batch {global_batch_size} does not split over {mesh.size} devices")
     if global_batch_size % jax.process_count():
         raise ValueError(f"global batch {global_batch_size} does not split over "
                          f"{jax.process_count()} processes")

@@ -16,9 +16,14 @@ from absl import app, flags
 from data_pipeline import class_tables, hico_reader, loader
 from hoiclip_jax import checkpoints, cli, matching, sharding, state_io, train_step
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.",
-                               required=True)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.",
+                        required=True)
 
 
 def restore_or_keep(ckpt: checkpoints.Checkpointer, state, mesh):
@@ -110,8 +115,9 @@ def check_finite(metrics: dict, step: int) -> None:
 def main(argv):
     del argv
     cli.setup_logging()
-    train(_CONFIG.value, _WORKDIR.value)
+    train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -44,7 +44,7 @@ def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, 
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
         new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
                          trainable=optax.apply_updates(state["trainable"], updates))
-        metrics = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
         return new_state, metrics
 
     return step

@@ -146,11 +146,14 @@ def test_frozen_batchnorm_is_scale_and_shift():
 
 
 def test_backbone_paths_strides_and_freezing(demo_setup):
-    config, _, _, params = demo_setup
+    config, _, _, _ = demo_setup
     spec = backbone.BackboneSpec("bottleneck", (3, 4, 6, 3), 64, 1e-5)
     c5 = jax.eval_shape(lambda x: backbone.ResNet(spec).init_with_output(
         jax.random.PRNGKey(0), x)[0], jax.ShapeDtypeStruct((1, 1333, 1333, 3), jnp.float32))
     assert c5.shape == (1, 42, 42, 2048)  # C5 of ResNet-50: stride 32, 2048 channels
+    small = backbone.BackboneSpec("bottleneck", (1, 1, 1), 16, 1e-5, "frozen_bn")
+    params = {"backbone": backbone.ResNet(small).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]}
     flat = traverse_util.flatten_dict(params["backbone"], sep="/")
     bn_modules = {p.rsplit("/", 1)[0] for p in flat if "bn" in p}
     assert "stem/bn" in bn_modules and "layer1/block0/downsample_bn" in bn_modules
@@ -159,11 +162,28 @@ def test_backbone_paths_strides_and_freezing(demo_setup):
             {"scale", "bias", "mean", "var"}
     # The reference's freezing (hico groups): FrozenBN, stem and layer1 frozen; layer2+ convs not.
     labels = traverse_util.flatten_dict(
-        optim.label_params({"backbone": params["backbone"]}, hico.get_config().optim.groups),
-        sep="/")
+        optim.label_params(params, hico.get_config().optim.groups), sep="/")
     for path, group in labels.items():
         frozen = "bn" in path or path.startswith(("backbone/stem/", "backbone/layer1/"))
         assert group == ("frozen" if frozen else "backbone"), path
+
+
+def test_group_norm_backbone_normalises_and_trains(demo_setup):
+    config, _, _, params = demo_setup
+    assert config.model.backbone.norm == "group_norm"
+    flat = traverse_util.flatten_dict(params["backbone"], sep="/")
+    assert {p.rsplit("/", 1)[1] for p in flat if "bn" in p} == {"scale", "bias"}
+    labels = traverse_util.flatten_dict(
+        optim.label_params({"backbone": params["backbone"]}, config.optim.groups), sep="/")
+    assert set(labels.values()) == {"default"}  # trained from scratch: nothing frozen
+    norm = backbone.make_norm("group_norm", 1e-5, jnp.float32, "bn")
+    x = np.random.default_rng(0).normal(5.0, 30.0, size=(2, 4, 4, 16)).astype(np.float32)
+    y = np.asarray(norm.apply(norm.init(jax.random.PRNGKey(0), x), x))
+    groups = y.reshape(2, 16, 4, 4)  # [image, position, group, channel in group]
+    np.testing.assert_allclose(groups.mean(axis=(1, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(groups.std(axis=(1, 3)), 1.0, atol=1e-3)
+    with pytest.raises(ValueError, match="backbone.norm"):
+        backbone.make_norm("batch_norm", 1e-5, jnp.float32, "bn")
     assert params["input_proj"]["kernel"].shape == (1, 1, 256, config.model.hidden_dim)
 
 

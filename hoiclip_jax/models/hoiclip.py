@@ -221,7 +221,8 @@ def build_model(model_config, tables) -> HOICLIP:
     b = m.backbone
     clip_fields = [f.name for f in dataclasses.fields(ClipSpec)]
     return HOICLIP(
-            backbone_spec=BackboneSpec(b.block, tuple(b.stage_sizes), b.width, b.frozen_bn_eps),
+            backbone_spec=BackboneSpec(b.block, tuple(b.stage_sizes), b.width, b.frozen_bn_eps,
+                                       b.norm),
             clip_spec=ClipSpec(**{name: m.clip[name] for name in clip_fields}),
             hidden_dim=m.hidden_dim, nheads=m.nheads, enc_layers=m.enc_layers,
             dec_layers=m.dec_layers, inter_dec_layers=m.inter_dec_layers,
@@ -262,14 +263,24 @@ def abstract_params(model: HOICLIP, dataset_config) -> dict:
                           jax.random.PRNGKey(0))
 
 
-def text_embeddings(model: HOICLIP, params: dict, tokenizer, prompts) -> jax.Array:
-    """L2-normalised CLIP text embeddings [n, E] of `prompts`."""
+def text_embeddings(model: HOICLIP, params: dict, tokenizer, prompts,
+                    center: bool = False) -> jax.Array:
+    """L2-normalised CLIP text embeddings [n, E] of `prompts`.
+
+    With `center`, the mean embedding of the set is removed before normalising. A randomly
+    initialised text tower (the demo's) maps prompts that share all but one word to nearly the
+    same direction (mean cosine 0.91 for the synthetic HOI prompts), which makes the frozen
+    classifiers almost blind; centring keeps what distinguishes them. Real CLIP: off.
+    """
     tokens = tokenizer(list(prompts))
     # The tower is causal and pools at the EOT token, so positions after the last EOT cannot
     # change the result: drop them (prompts are far shorter than the 77-token context).
     length = int(np.argmax(tokens, axis=1).max()) + 1
     encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method=HOICLIP.encode_text))
-    return l2_normalize(encode(params, jnp.asarray(tokens[:, :length])))
+    embeddings = l2_normalize(encode(params, jnp.asarray(tokens[:, :length])))
+    if center:
+        embeddings = l2_normalize(embeddings - embeddings.mean(axis=0, keepdims=True))
+    return embeddings
 
 
 def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
@@ -310,8 +321,9 @@ def init_params(model: HOICLIP, rng, config, tables) -> dict:
     params = dict(random_params(model, rng, config.dataset))
     tokenizer = build_tokenizer(config.model.clip,
                                 list(tables.hoi_prompts) + list(tables.object_prompts))
-    hoi_text = text_embeddings(model, params, tokenizer, tables.hoi_prompts)
-    obj_text = text_embeddings(model, params, tokenizer, tables.object_prompts)
+    center = config.model.center_text_embeddings
+    hoi_text = text_embeddings(model, params, tokenizer, tables.hoi_prompts, center)
+    obj_text = text_embeddings(model, params, tokenizer, tables.object_prompts, center)
     kernels = {"hoi_visual_projection": hoi_text.T, "obj_visual_projection": obj_text.T,
                "verb_projection": verb_embeddings(config.model, tables, hoi_text).T}
     for name, kernel in kernels.items():

@@ -1,0 +1,59 @@
+"""The whole chain on a tiny synthetic set: train, checkpoint, resume, evaluate."""
+import json
+import os
+
+import pytest
+
+from data_pipeline import synthetic
+from hoiclip_jax import checkpoints, evaluate, train
+from tests import helpers
+
+NUM_TRAIN, NUM_TEST, BATCH = 24, 6, 4
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.generate(root, seed=3, num_train=NUM_TRAIN, num_test=NUM_TEST)
+    config = helpers.tiny_config(os.path.join(root, "annotations", "classes.json"))
+    config.dataset.root = root
+    config.dataset.canvas = (128, 128)
+    config.dataset.max_side = 128
+    config.dataset.train_short_sides = (96, 128)
+    config.dataset.test_short_side = 128
+    config.dataset.max_pairs = 8
+    config.train.batch_size = BATCH
+    config.train.num_epochs = 1
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 2
+    config.eval.batch_size = 4
+    return config, str(tmp_path_factory.mktemp("workdir"))
+
+
+def test_train_resume_and_evaluate(run):
+    config, workdir = run
+    metrics = train.train(config, workdir)
+    assert metrics["loss"] > 0
+    ckpt = checkpoints.Checkpointer(workdir, keep=10)
+    first_steps = ckpt.all_steps()
+    ckpt.close()
+    steps_per_epoch = first_steps[-1]  # the epoch-end save
+    # keep_checkpoints = 2: the last periodic save (every 2 steps) and the epoch-end one remain.
+    assert steps_per_epoch >= 3 and len(first_steps) == 2 and first_steps[0] % 2 == 0
+
+    # Rerunning with one more epoch resumes from the latest checkpoint and trains only epoch 2.
+    config.train.num_epochs = 2
+    train.train(config, workdir)
+    ckpt = checkpoints.Checkpointer(workdir, keep=10)
+    assert ckpt.latest_step() == 2 * steps_per_epoch
+    ckpt.close()
+    saved = checkpoints.read_config(workdir)
+    assert saved.model.hidden_dim == config.model.hidden_dim
+
+    result, predictions, records, _ = evaluate.run(config, workdir, None, untrained=False)
+    assert len(predictions) == len(records) == NUM_TEST
+    assert result["checkpoint"] == f"step {2 * steps_per_epoch}"
+    assert 0.0 <= result["mAP"] <= 1.0 and 0.0 <= result["mean_max_recall"] <= 1.0
+    for key in ("mAP_rare", "mAP_non_rare"):  # None when no class of that kind was predicted
+        assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result[key])
+    json.dumps(result, allow_nan=False)  # the metrics file is strict JSON
