@@ -57,11 +57,10 @@ def get_config():
     o.grad_clip_norm = 0.1
     o.lr_drop_epochs = (12,)
     o.groups = (
-            (r"clip/.*", "frozen"),
-            (r"hoi_visual_projection/.*", "frozen"),
-            (r"obj_visual_projection/.*", "frozen"),
-            (r"backbone/.*bn.*", "frozen"),
-            (r".*", "default"),
+        (r"clip/.*", "frozen"),
+        (r"hoi_visual_projection/.*", "frozen"),
+        (r"obj_visual_projection/.*", "frozen"),
+        (r".*", "default"),  # the backbone and its GroupNorm train too
     )
     o.group_lr_mult = dict(default=1.0)
 

@@ -83,6 +83,8 @@ def test_init_params_fills_classifiers_from_text(demo_setup, encode_text):
     # Full-length tokens: init_params trims after the last EOT, which must not change anything.
     hoi = normalize(encode_text(tokenizer(list(tables.hoi_prompts))))
     obj = normalize(encode_text(tokenizer(list(tables.object_prompts))))
+    assert config.model.center_text_embeddings  # the demo's random CLIP: centred embeddings
+    hoi, obj = normalize(hoi - hoi.mean(0)), normalize(obj - obj.mean(0))
     np.testing.assert_allclose(params["hoi_visual_projection"]["kernel"], hoi.T, atol=1e-5)
     np.testing.assert_allclose(params["obj_visual_projection"]["kernel"], obj.T, atol=1e-5)
     cosine = hoi @ hoi.T
