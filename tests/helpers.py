@@ -81,3 +81,13 @@ def random_batch(config, num_hois: int, num_verbs: int, num_objects: int, batch_
         "image_id": np.arange(batch_size, dtype=np.int32),
         "orig_size": np.full((batch_size, 2), h, np.int32),
     }
+
+
+def hand_giou(a, b):
+    """GIoU of two cxcywh boxes, by hand."""
+    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
+    return inter / union - (hull - union) / hull

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hoiclip_jax import losses
+from tests import helpers
 
 BASES = ("loss_hoi_labels", "loss_obj_ce", "loss_sub_bbox", "loss_obj_bbox", "loss_sub_giou",
          "loss_obj_giou")
@@ -20,16 +21,6 @@ def _loss_config(**overrides):
 
 def _sigmoid(x):
     return 1 / (1 + np.exp(-x.astype(np.float64)))
-
-
-def _hand_giou(a, b):
-    """GIoU of two cxcywh boxes, by hand."""
-    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
-    return inter / union - (hull - union) / hull
 
 
 def _make_case(rng, num_layers=2, b=2, n=3, m=2, k=4, o=2):
@@ -77,11 +68,11 @@ def _hand_terms(outputs, batch, indices, alpha, eos):
                 hoi_t[i, q], obj_t[i, q] = batch["hoi_labels"][i, j], batch["obj_labels"][i, j]
                 ps, gs = outputs["sub_boxes"][l, i, q], batch["sub_boxes"][i, j]
                 sub_l1 += np.abs(ps - gs).sum()
-                sub_g += 1 - _hand_giou(ps, gs)
+                sub_g += 1 - helpers.hand_giou(ps, gs)
                 if batch["obj_exists"][i, j]:
                     po, go = outputs["obj_boxes"][l, i, q], batch["obj_boxes"][i, j]
                     obj_l1 += np.abs(po - go).sum()
-                    obj_g += 1 - _hand_giou(po, go)
+                    obj_g += 1 - helpers.hand_giou(po, go)
                     n_obj += 1
         p = np.clip(_sigmoid(outputs["hoi_logits"][l]), 1e-4, 1 - 1e-4)
         pos = (alpha * np.log(p) * (1 - p) ** 2)[hoi_t == 1].sum()
@@ -125,7 +116,7 @@ def test_vcoco_pair_without_object_is_left_out_of_object_box_losses():
     po, go = outputs["obj_boxes"][0, 0, 0], batch["obj_boxes"][0, 0]
     # Only pair 0 has an object: one box, normalised by 1 + 1e-4.
     np.testing.assert_allclose(terms["loss_obj_bbox"], np.abs(po - go).sum() / 1.0001, rtol=1e-5)
-    np.testing.assert_allclose(terms["loss_obj_giou"], (1 - _hand_giou(po, go)) / 1.0001,
+    np.testing.assert_allclose(terms["loss_obj_giou"], (1 - helpers.hand_giou(po, go)) / 1.0001,
                                rtol=1e-5)
     # Subject terms count both pairs and divide by the 2 real pairs.
     sub = [np.abs(outputs["sub_boxes"][0, 0, q] - batch["sub_boxes"][0, j]).sum()

@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from hoiclip_jax import matching
+from tests import helpers
 
 
 def _brute_force(cost: np.ndarray, n_valid: int) -> tuple[float, np.ndarray]:
@@ -175,16 +176,6 @@ def _tiny_case():
     return outputs, batch
 
 
-def _hand_giou(a, b):
-    """GIoU of two cxcywh boxes, by hand."""
-    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
-    return inter / union - (hull - union) / hull
-
-
 def _hand_costs(outputs, batch, obj_exists=True):
     """Every §2.1 component for the real GT pair of `_tiny_case`, one value per query."""
     sig = lambda x: 1 / (1 + np.exp(-x))
@@ -199,7 +190,7 @@ def _hand_costs(outputs, batch, obj_exists=True):
         ps, po = outputs["sub_boxes"][0, 0, q], outputs["obj_boxes"][0, 0, q]
         gs, go = batch["sub_boxes"][0, 0], batch["obj_boxes"][0, 0]
         l1_s, l1_o = np.abs(ps - gs).sum(), np.abs(po - go).sum()
-        g_s, g_o = -_hand_giou(ps, gs), -_hand_giou(po, go)
+        g_s, g_o = -helpers.hand_giou(ps, gs), -helpers.hand_giou(po, go)
         if obj_exists:
             costs["bbox"].append(max(l1_s, l1_o))
             costs["giou"].append(max(g_s, g_o))
