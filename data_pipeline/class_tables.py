@@ -102,14 +102,19 @@ def load_class_tables(dataset_config) -> ClassTables:
     return read_class_tables(path, dataset_config.name)
 
 
-def read_class_tables(path: str, name: str) -> ClassTables:
-    """Reads and validates a class-table JSON; `name` is the data set it belongs to."""
+def load_json(path: str, error: type[Exception] = ValueError):
+    """json.load of `path`; a syntax error raises `error` naming the file, line and column."""
     with open(path) as f:
         try:
-            raw = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
-                             f"{e.msg}") from None
+            raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
+                        f"{e.msg}") from None
+
+
+def read_class_tables(path: str, name: str) -> ClassTables:
+    """Reads and validates a class-table JSON; `name` is the data set it belongs to."""
+    raw = load_json(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     for key in ("verbs", "objects", "coco_ids", "hois", "object_prompts"):

@@ -10,12 +10,11 @@ One JSON list, one entry per image:
 Verb ids start at `tables.verb_id_base` (1 for HICO-Det, 0 for V-COCO).
 """
 import dataclasses
-import json
 import math
 
 import numpy as np
 
-from data_pipeline.class_tables import ClassTables
+from data_pipeline.class_tables import ClassTables, load_json
 
 
 _NUMBERS = (int, float)
@@ -46,12 +45,7 @@ class HoiRecord:
 
 def read_annotations(json_path: str, tables: ClassTables) -> list[HoiRecord]:
     """Reads and validates every record of `json_path`; raises AnnotationError on the first flaw."""
-    with open(json_path) as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{json_path}: invalid JSON at line {e.lineno} column "
-                                  f"{e.colno}: {e.msg}") from None
+    raw = load_json(json_path, AnnotationError)
     if not isinstance(raw, list):
         raise AnnotationError(f"{json_path}: the top level must be a list of images, got "
                               f"{type(raw).__name__}")
