@@ -14,14 +14,31 @@ def initial_params(config, tables):
     return model, hoiclip.init_params(model, jax.random.PRNGKey(config.seed), config, tables)
 
 
-def build_state(config, tables, steps_per_epoch: int):
-    """Model, optimizer, lr schedules and the step-0 train state (on the host)."""
-    model, params = initial_params(config, tables)
+def _split_and_optimizer(config, params, steps_per_epoch: int):
+    """(trainable, frozen, tx, schedules) for a params tree (arrays or shapes)."""
     labels = optim.label_params(params, config.optim.groups)
     trainable, frozen = optim.split_frozen(params, labels)
     trainable_labels, _ = optim.split_frozen(labels, labels)
     tx, schedules = optim.make_optimizer(config.optim, trainable_labels, steps_per_epoch)
+    return trainable, frozen, tx, schedules
+
+
+def build_state(config, tables, steps_per_epoch: int):
+    """Model, optimizer, lr schedules and the step-0 train state (on the host)."""
+    model, params = initial_params(config, tables)
+    trainable, frozen, tx, schedules = _split_and_optimizer(config, params, steps_per_epoch)
     return model, tx, schedules, train_step.init_state(trainable, frozen, tx, config.seed)
+
+
+def abstract_state(config, tables):
+    """(model, train-state shapes) without initialising or computing anything."""
+    model = hoiclip.build_model(config.model, tables)
+    params = hoiclip.abstract_params(model, config.dataset)
+    # The step count per epoch only changes schedule constants, not the state's shapes.
+    trainable, frozen, tx, _ = _split_and_optimizer(config, params, steps_per_epoch=1)
+    state = jax.eval_shape(lambda t, f: train_step.init_state(t, f, tx, config.seed),
+                           trainable, frozen)
+    return model, state
 
 
 def restore_params(workdir: str, config, tables, mesh, step: Optional[int] = None):
@@ -30,9 +47,7 @@ def restore_params(workdir: str, config, tables, mesh, step: Optional[int] = Non
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    # The state's structure (optimizer state included) comes from building it; the step count
-    # per epoch only changes schedule constants, not shapes.
-    model, _, _, state = build_state(config, tables, steps_per_epoch=1)
+    model, state = abstract_state(config, tables)
     abstract = checkpoints.abstract_like(state, sharding.replicated(mesh))
     restored, meta = ckpt.restore(step, abstract)
     ckpt.close()
