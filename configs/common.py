@@ -82,6 +82,11 @@ def model_config(dataset: str) -> mlc.ConfigDict:
     # for a random (untrained) CLIP, whose prompt embeddings are nearly parallel; not in the
     # reference.
     m.center_text_embeddings = False
+    # Add the sine positions to the encoder input as well as to its queries and keys. Not in the
+    # reference: a pretrained ResNet-50 encodes absolute position in its features (zero padding,
+    # large receptive field), so DETR's values know where they are; a small backbone trained
+    # from scratch does not, and its boxes then barely learn.
+    m.encoder_input_pos = False
     m.dtype = "float32"
     return m
 

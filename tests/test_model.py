@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import flax.linen as nn
 import flax.traverse_util as traverse_util
 import jax
 import jax.numpy as jnp
@@ -305,6 +306,39 @@ def test_q_inter_variants(demo_setup):
     mix_config.model.q_inter = "max"
     with pytest.raises(ValueError, match="q_inter"):
         hoiclip.build_model(mix_config.model, tables)
+
+
+def test_encoder_input_pos_adds_positions_to_the_encoder_input(demo_setup):
+    config, tables, _, params = demo_setup
+    rng = np.random.default_rng(3)
+    (h, w), c = config.dataset.canvas, config.dataset.clip_image_size
+    image = rng.normal(size=(1, h, w, 3)).astype(np.float32)
+    mask = np.ones((1, h, w), bool)
+    mask[0, :, w // 2:] = False
+    clip_image = rng.normal(size=(1, c, c, 3)).astype(np.float32)
+
+    def encoder_input(flag):
+        """The `src` the encoder receives, [1, S, D], with encoder_input_pos = flag."""
+        model_config = copy.deepcopy(config.model)
+        model_config.encoder_input_pos = flag
+        model = hoiclip.build_model(model_config, tables)
+        seen = []
+
+        def spy(next_fun, args, kwargs, context):
+            if isinstance(context.module, detr.Encoder) and context.method_name == "__call__":
+                seen.append(np.asarray(args[0]))
+            return next_fun(*args, **kwargs)
+        with nn.intercept_methods(spy):
+            model.apply({"params": params}, image, mask, clip_image)
+        return seen[0]
+
+    stride = hoiclip.build_model(config.model, tables).backbone_spec.stride
+    feat_hw = (-(-h // stride), -(-w // stride))
+    pos = detr.sine_position_embedding(backbone.downsample_mask(mask, feat_hw),
+                                       config.model.hidden_dim // 2)
+    np.testing.assert_allclose(encoder_input(True) - encoder_input(False),
+                               np.asarray(pos).reshape(1, -1, config.model.hidden_dim),
+                               atol=1e-5)
 
 
 def test_layer_counts_must_pair(demo_setup):

@@ -74,6 +74,8 @@ class HOICLIP(nn.Module):
       logit_scale_init: initial logit_scale and obj_logit_scale (ln(1/0.07)).
       num_hois, num_obj_logits, num_verbs: K, O + 1, V.
       hoi_to_verb: [K] verb index of each HOI class (builds the fixed verb2hoi matrix).
+      encoder_input_pos: also add the sine positions to the encoder input (not in the reference;
+        see config.model.encoder_input_pos).
       dtype: computation dtype (params are float32; outputs are cast to float32).
     """
     backbone_spec: BackboneSpec
@@ -95,6 +97,7 @@ class HOICLIP(nn.Module):
     num_obj_logits: int
     num_verbs: int
     hoi_to_verb: tuple[int, ...]
+    encoder_input_pos: bool = False
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -174,6 +177,10 @@ class HOICLIP(nn.Module):
         batch = src.shape[0]
         flat = lambda x: x.reshape(batch, -1, x.shape[-1])
         src, pos, mask = flat(src), flat(pos), mask.reshape(batch, -1)
+        if self.encoder_input_pos:
+            # DETR adds positions to queries and keys only, so the values (what the box heads
+            # read) carry position only as far as the backbone features encode it.
+            src = src + pos
         memory = self.encoder(src, pos, mask, deterministic)
         queries = jnp.arange(self.num_queries)
         guide = self.pos_guided_embed(queries)
@@ -231,7 +238,8 @@ def build_model(model_config, tables) -> HOICLIP:
             q_inter=m.q_inter, verb_weight=float(m.verb_weight),
             logit_scale_init=float(m.logit_scale_init), num_hois=tables.num_hois,
             num_obj_logits=tables.num_objects + 1, num_verbs=tables.num_verbs,
-            hoi_to_verb=tuple(int(v) for v in tables.hoi_to_verb), dtype=jnp.dtype(m.dtype))
+            hoi_to_verb=tuple(int(v) for v in tables.hoi_to_verb),
+            encoder_input_pos=bool(m.encoder_input_pos), dtype=jnp.dtype(m.dtype))
 
 
 def dummy_inputs(dataset_config, batch_size: int = 1):
