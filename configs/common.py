@@ -69,8 +69,15 @@ def model_config(dataset: str) -> mlc.ConfigDict:
             vision_mlp_dim=3072,
             context_length=77, vocab_size=49408, text_width=512, text_layers=12, text_heads=8,
             text_mlp_dim=2048,
-            weights="",              # HF model folder (loading: issue 3); empty = random init
+            # Hugging Face CLIP folder (config.json, flax_model.msgpack or model.safetensors,
+            # vocab.json, merges.txt); its sizes must equal the ones above (image_size may differ:
+            # positions are resized). Empty: random init and the word tokenizer.
+            weights="",
     ))
+    # .npz of the L2-normalised HOI and object prompt embeddings written by `python -m
+    # hoiclip_jax.tools.text_embeddings`; when set, the classifiers are built from it and the text
+    # tower does not run. Empty: computed from the CLIP text tower at init.
+    m.text_embeddings = ""
     m.inter_nheads = 8           # the 768-d CLIP interaction decoder: 8 heads (head dim 96)
     m.inter_dim_feedforward = 2048
     m.q_inter = "mean"           # 'mean' (paper) | 'mix2x2' (reproduction report)

@@ -132,8 +132,8 @@ def test_word_tokenizer_layout_and_errors():
     with pytest.raises(ValueError, match="'kite'"):
         tok(["a kite"])
     clip_config = demo.get_config().model.clip
-    clip_config.weights = "weights/clip-vit-base-patch32"
-    with pytest.raises(NotImplementedError, match="BPE"):
+    clip_config.weights = "weights/no-such-clip-folder"  # pretrained: the folder's BPE vocabulary
+    with pytest.raises(FileNotFoundError, match="no-such-clip-folder/vocab.json"):
         build_tokenizer(clip_config, ["a person"])
 
 

@@ -6,10 +6,13 @@ pre_layrnorm (sic), encoder/layers/{i}, post_layernorm}`, `visual_projection`, `
 `flax_model.msgpack` loads without renaming. Both towers are pre-LN transformers with QuickGELU
 and LayerNorm eps 1e-5; the text tower is causal and pools at the EOT token (the largest id).
 
-Random init (used until issue 3 loads OpenAI weights) follows `CLIPPreTrainedModel._init_weights`
-of transformers with factor 1: normal embeddings (std 0.02, class token D^-0.5), q/k/v and fc2
-std D^-0.5 (2 layers)^-0.5, out_proj std D^-0.5, fc1 std (2D)^-0.5, projections std width^-0.5,
-zero biases.
+Pretrained weights: `load_pretrained(folder)` reads a Hugging Face CLIP model folder (config.json
+plus flax_model.msgpack or model.safetensors; see clip_weights.py).
+
+Random init (the demo's CLIP; replaced by pretrained weights when they are configured) follows
+`CLIPPreTrainedModel._init_weights` of transformers with factor 1: normal embeddings (std 0.02,
+class token D^-0.5), q/k/v and fc2 std D^-0.5 (2 layers)^-0.5, out_proj std D^-0.5, fc1 std
+(2D)^-0.5, projections std width^-0.5, zero biases.
 """
 from dataclasses import dataclass
 from typing import Any
@@ -240,3 +243,39 @@ class CLIP(nn.Module):
             raise ValueError(f"{token_ids.shape[1]} text tokens exceed config.model.clip."
                              f"context_length={self.spec.context_length}")
         return self.text_projection(self.text_model(token_ids))
+
+    def __call__(self, pixel_values, token_ids):
+        """Both towers (used to create every parameter): (image_embeds, tokens, text_embeds)."""
+        return self.encode_image(pixel_values) + (self.encode_text(token_ids),)
+
+
+def abstract_params(spec: ClipSpec) -> dict:
+    """The CLIP param tree of `spec` as jax.ShapeDtypeStruct leaves (nothing is computed)."""
+    pixels = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
+    tokens = jnp.zeros((1, spec.context_length), jnp.int32)
+    init = lambda rng: CLIP(spec, 0.0).init(rng, pixels, tokens)["params"]
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def load_pretrained(path: str, image_size: int | None = None, source: str = "auto",
+                    dtype: Any = jnp.float32):
+    """CLIP from a Hugging Face model folder.
+
+        model, params = load_pretrained("weights/clip-vit-base-patch32")
+        embeds, tokens = model.apply({"params": params}, pixels, method="encode_image")
+
+    Args:
+      path: folder with config.json and flax_model.msgpack and/or model.safetensors.
+      image_size: input size to build the model for; when it differs from the checkpoint's, the
+        patch-position grid is resized bicubically (CLS position kept). None: the checkpoint's.
+      source: 'auto' (Flax file if present, else safetensors), 'flax' or 'safetensors'.
+      dtype: computation dtype of the returned module (params stay float32).
+
+    Returns:
+      (CLIP module, params): params in the Hugging Face Flax layout, float32.
+    """
+    # clip_weights builds on this module (ClipSpec, abstract_params), hence the late import.
+    from hoiclip_jax.models import clip_weights
+    spec, params, _ = clip_weights.load_clip_params(path, image_size, source)
+    logit_scale = float(params["logit_scale"])
+    return CLIP(spec, logit_scale, dtype), params

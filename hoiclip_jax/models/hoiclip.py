@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hoiclip_jax.models import clip_weights
 from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, layer_norm,
                                           torch_default_bias)
 from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
@@ -316,8 +317,31 @@ def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
     return l2_normalize(jnp.stack(rows))
 
 
+def prompt_embeddings(model: HOICLIP, params: dict, config, tables):
+    """(hoi_text [K, E], obj_text [O + 1, E]): the file config.model.text_embeddings if set
+    (written by `python -m hoiclip_jax.tools.text_embeddings`), else the text tower of
+    `params['clip']` on the class-table prompts."""
+    m = config.model
+    if m.text_embeddings:
+        if m.center_text_embeddings:
+            raise ValueError(f"config.model.text_embeddings={m.text_embeddings!r} holds the final "
+                             "classifier embeddings; center_text_embeddings (for a random CLIP "
+                             "tower) must be False with it")
+        hoi, obj = clip_weights.load_prompt_embeddings(m.text_embeddings, tables,
+                                                       m.clip.embed_dim)
+        return jnp.asarray(hoi), jnp.asarray(obj)
+    tokenizer = build_tokenizer(m.clip, list(tables.hoi_prompts) + list(tables.object_prompts))
+    center = m.center_text_embeddings
+    return (text_embeddings(model, params, tokenizer, tables.hoi_prompts, center),
+            text_embeddings(model, params, tokenizer, tables.object_prompts, center))
+
+
 def init_params(model: HOICLIP, rng, config, tables) -> dict:
     """Random init plus the text-derived classifiers (§1.4, §1.6).
+
+    With config.model.clip.weights (a Hugging Face CLIP folder), params['clip'] is read from it
+    and the prompts are tokenised with its BPE vocabulary; with config.model.text_embeddings the
+    prompt embeddings come from that file instead of the text tower.
 
     hoi_visual_projection/kernel and obj_visual_projection/kernel = the normalised CLIP text
     embeddings of the HOI / object prompts (transposed to [E, K] / [E, O+1]); their biases stay
@@ -327,11 +351,9 @@ def init_params(model: HOICLIP, rng, config, tables) -> dict:
       the params dict (the 'params' collection).
     """
     params = dict(random_params(model, rng, config.dataset))
-    tokenizer = build_tokenizer(config.model.clip,
-                                list(tables.hoi_prompts) + list(tables.object_prompts))
-    center = config.model.center_text_embeddings
-    hoi_text = text_embeddings(model, params, tokenizer, tables.hoi_prompts, center)
-    obj_text = text_embeddings(model, params, tokenizer, tables.object_prompts, center)
+    if config.model.clip.weights:
+        params["clip"] = clip_weights.params_for_config(config.model.clip, params["clip"])
+    hoi_text, obj_text = prompt_embeddings(model, params, config, tables)
     kernels = {"hoi_visual_projection": hoi_text.T, "obj_visual_projection": obj_text.T,
                "verb_projection": verb_embeddings(config.model, tables, hoi_text).T}
     for name, kernel in kernels.items():

@@ -1,11 +1,15 @@
 """Text tokenizers for the CLIP text tower.
 
-`WordTokenizer` is the stand-in until the CLIP BPE tokenizer arrives (issue 3): a closed
-vocabulary of the lower-cased words of the class prompts. It keeps CLIP's conventions that the
-model relies on: a start token, an end-of-text token with the LARGEST id (the text tower pools at
-`argmax(token_ids)`), zero padding, a fixed context length. Any tokenizer with the same
-`__call__(list[str]) -> np.ndarray [n, context_length] int32` can replace it.
+`ClipBpeTokenizer` is CLIP's byte-level BPE (transformers' `CLIPTokenizer`) built from the
+`vocab.json` and `merges.txt` of a Hugging Face CLIP folder; it goes with pretrained weights.
+`WordTokenizer` serves the random demo CLIP: a closed vocabulary of the lower-cased words of the
+class prompts. Both keep CLIP's conventions that the model relies on: a start token, an
+end-of-text token with the LARGEST id (the text tower pools at `argmax(token_ids)`), zero padding
+(as OpenAI's `clip.tokenize`), a fixed context length; both are
+`__call__(list[str]) -> np.ndarray [n, context_length] int32`.
 """
+import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -67,14 +71,69 @@ class WordTokenizer:
         return self.vocab[word]
 
 
-def build_tokenizer(clip_config, prompts: Sequence[str]) -> WordTokenizer:
-    """The tokenizer for config.model.clip.
+class ClipBpeTokenizer:
+    """CLIP's tokenizer from a Hugging Face CLIP folder (vocab.json, merges.txt).
 
-    Raises:
-      NotImplementedError: when pretrained CLIP weights are configured, since their BPE
-        vocabulary is needed (issue 3) and word ids would give meaningless text embeddings.
+    transformers' `CLIPTokenizer` (lower-casing, whitespace cleanup, byte-level BPE,
+    <|startoftext|> ... <|endoftext|>) is built from the two files explicitly: transformers 5
+    ignores the `vocab_file=` / `merges_file=` arguments of older versions without a word.
     """
+
+    def __init__(self, folder: str, context_length: int):
+        """Reads the vocabulary.
+
+        Raises:
+          FileNotFoundError: a file is missing.
+          ValueError: the end-of-text token is not the largest id (the text tower pools there).
+        """
+        from transformers import CLIPTokenizer  # a heavy import, needed only here
+        vocab_path, merges_path = (os.path.join(folder, n) for n in ("vocab.json", "merges.txt"))
+        for path in (vocab_path, merges_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no such file (the CLIP tokenizer needs the "
+                                        "vocab.json and merges.txt of the CLIP folder)")
+        with open(vocab_path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        self._tokenizer = CLIPTokenizer(vocab=vocab, merges=_read_merges(merges_path))
+        self.context_length = context_length
+        self.sot_id = self._tokenizer.bos_token_id
+        self.eot_id = self._tokenizer.eos_token_id
+        if self.eot_id != max(vocab.values()):
+            raise ValueError(f"{vocab_path}: the end-of-text token has id {self.eot_id}, not the "
+                             "largest id, but the text tower pools at argmax(token_ids)")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokenizes `texts` -> [n, context_length] int32 (start, BPE ids, end, zero padding).
+
+        Raises:
+          ValueError: for a text longer than the context (no silent truncation).
+        """
+        out = np.full((len(texts), self.context_length), PAD_ID, np.int32)
+        for i, ids in enumerate(self._tokenizer(list(texts))["input_ids"]):
+            if len(ids) > self.context_length:
+                raise ValueError(f"prompt {i} {texts[i]!r} needs {len(ids)} tokens (with start "
+                                 f"and end), more than context_length={self.context_length}")
+            out[i, :len(ids)] = ids
+        return out
+
+
+def _read_merges(path: str) -> list[tuple[str, str]]:
+    """merges.txt -> [(left, right)]; the first line may be a '#version' header."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    first = 1 if lines and lines[0].startswith("#version") else 0
+    merges = []
+    for number, line in enumerate(lines[first:], start=first + 1):
+        if line:
+            merges.append(tuple(line.split(" ")))
+            if len(merges[-1]) != 2:
+                raise ValueError(f"{path}: line {number} is not two space-separated symbols")
+    return merges
+
+
+def build_tokenizer(clip_config, prompts: Sequence[str]):
+    """The tokenizer for config.model.clip: CLIP's BPE of the `weights` folder if set, else a
+    `WordTokenizer` over `prompts` (the random CLIP)."""
     if clip_config.weights:
-        raise NotImplementedError(f"config.model.clip.weights={clip_config.weights!r} needs the "
-                                  "CLIP BPE tokenizer, which is not implemented yet (issue 3)")
+        return ClipBpeTokenizer(clip_config.weights, clip_config.context_length)
     return WordTokenizer(prompts, clip_config.vocab_size, clip_config.context_length)
