@@ -38,6 +38,7 @@ def tiny_config(table_path: str):
     config.dataset.clip_image_size = 32
     config.dataset.max_pairs = 3
     m = config.model
+    m.backbone.stage_sizes = (1, 1, 1)  # stride 16: few tokens, fast steps
     m.backbone.width = 8
     m.hidden_dim = 32
     m.enc_layers = 1

@@ -20,6 +20,10 @@ def data(tmp_path_factory):
     synthetic.generate(out, seed=2, num_train=40, num_test=10)
     config = demo.get_config().dataset
     config.root = out
+    # Fixed sizes (CONTRACT), independent of how the demo config is tuned.
+    config.canvas, config.max_side = (128, 128), 128
+    config.train_short_sides, config.test_short_side = (112, 120, 128), 128
+    config.max_pairs, config.clip_image_size = 8, 64
     config.class_table = os.path.join(out, "annotations", "classes.json")
     tables = class_tables.load_class_tables(config)
     ann = os.path.join(out, "annotations")

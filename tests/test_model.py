@@ -55,7 +55,7 @@ def test_demo_forward_contract(demo_setup):
     (h, w), c = config.dataset.canvas, config.dataset.clip_image_size
     image = rng.normal(size=(2, h, w, 3)).astype(np.float32)
     mask = np.ones((2, h, w), bool)
-    mask[1, 96:], mask[1, :, 80:] = False, False
+    mask[1, 3 * h // 4:], mask[1, :, 5 * w // 8:] = False, False
     image[~mask] = 0.0
     clip_image = rng.normal(size=(2, c, c, 3)).astype(np.float32)
     out = jax.jit(lambda p, *x: model.apply({"params": p}, *x))(params, image, mask, clip_image)
@@ -187,7 +187,9 @@ def test_group_norm_backbone_normalises_and_trains(demo_setup):
     np.testing.assert_allclose(groups.std(axis=(1, 3)), 1.0, atol=1e-3)
     with pytest.raises(ValueError, match="backbone.norm"):
         backbone.make_norm("batch_norm", 1e-5, jnp.float32, "bn")
-    assert params["input_proj"]["kernel"].shape == (1, 1, 256, config.model.hidden_dim)
+    spec = config.model.backbone
+    out_channels = 4 * spec.width * 2 ** (len(spec.stage_sizes) - 1)  # bottleneck x4, last stage
+    assert params["input_proj"]["kernel"].shape == (1, 1, out_channels, config.model.hidden_dim)
 
 
 def test_downsample_mask_is_pytorch_nearest():
