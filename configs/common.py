@@ -47,6 +47,7 @@ def dataset_config(dataset: str) -> mlc.ConfigDict:
 
 
 def model_config(dataset: str) -> mlc.ConfigDict:
+    real = dataset in ("hico", "vcoco")  # pretrained weights exist (README "Weights")
     m = mlc.ConfigDict()
     m.backbone = mlc.ConfigDict(dict(
             block="bottleneck",      # ResNet-50 bottleneck blocks
@@ -72,7 +73,7 @@ def model_config(dataset: str) -> mlc.ConfigDict:
             # Hugging Face CLIP folder (config.json, flax_model.msgpack or model.safetensors,
             # vocab.json, merges.txt); its sizes must equal the ones above (image_size may differ:
             # positions are resized). Empty: random init and the word tokenizer.
-            weights="",
+            weights="params/clip-vit-base-patch32" if real else "",
     ))
     # .npz of the L2-normalised HOI and object prompt embeddings written by `python -m
     # hoiclip_jax.tools.text_embeddings`; when set, the classifiers are built from it and the text
@@ -94,6 +95,21 @@ def model_config(dataset: str) -> mlc.ConfigDict:
     # large receptive field), so DETR's values know where they are; a small backbone trained
     # from scratch does not, and its boxes then barely learn.
     m.encoder_input_pos = False
+    # DETR-R50 `.pth` (official detr-r50-e632da11.pth; the 2-branch conversion of §4.3 runs on
+    # load), a released HOICLIP `.pth`, or the params.msgpack of `python -m
+    # hoiclip_jax.tools.import_weights`. Loaded over the initial params when training starts
+    # fresh (a resumed run reads its own checkpoint). Empty: nothing loaded.
+    m.pretrained = "params/detr-r50-e632da11.pth" if real else ""
+    # Reference quirks (§1.4, §1.6), each on or off to reproduce or to fix:
+    # the HOI and object text classifiers keep their random init biases (frozen with them);
+    # False zeroes them.
+    m.classifier_random_bias = True
+    # E_v (verb_projection) trains at the default rate, as in the reference code; False freezes
+    # it at the file / text value.
+    m.train_verb_features = True
+    # The V-COCO code path sets verb2hoi[verb, object index] instead of [verb, HOI index]; the
+    # published V-COCO numbers come from that matrix. True reproduces it (V-COCO tables only).
+    m.vcoco_verb2hoi_bug = False
     m.dtype = "float32"
     return m
 

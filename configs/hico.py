@@ -2,7 +2,7 @@
 
     python -m hoiclip_jax.train --config configs/hico.py --workdir runs/hico
 Published (official protocol, with TFE k=10): 34.69 Full / 31.12 Rare / 35.74 Non-rare.
-Pretrained DETR/CLIP weights come with issue 3; until then this config builds the full model.
+Needs params/clip-vit-base-patch32/ and params/detr-r50-e632da11.pth (README "Weights").
 """
 from configs import common
 

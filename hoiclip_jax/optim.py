@@ -39,6 +39,15 @@ def label_params(params: Any, rules: Sequence[tuple[str, str]]) -> dict:
     return traverse_util.unflatten_dict(labels, sep="/")
 
 
+def parameter_groups(config) -> tuple[tuple[str, str], ...]:
+    """The (regex, group) rules of config.optim.groups, preceded by a rule freezing E_v
+    (`verb_projection`) when config.model.train_verb_features is False."""
+    rules = tuple((str(pattern), str(group)) for pattern, group in config.optim.groups)
+    if not config.model.train_verb_features:
+        rules = ((r"verb_projection/.*", FROZEN),) + rules
+    return rules
+
+
 def split_frozen(params: Any, labels: Any) -> tuple[dict, dict]:
     """Splits `params` into (trainable, frozen) nested dicts by the group labels."""
     flat_params = traverse_util.flatten_dict(params)

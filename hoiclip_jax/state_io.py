@@ -4,19 +4,24 @@ from typing import Optional
 
 import jax
 
-from hoiclip_jax import checkpoints, optim, sharding, train_step
+from hoiclip_jax import checkpoints, optim, sharding, train_step, weights
 from hoiclip_jax.models import hoiclip
 
 
 def initial_params(config, tables):
-    """(model, params) at initialisation, classifiers filled from the CLIP text tower."""
+    """(model, params) at initialisation: classifiers filled from the CLIP text tower, then the
+    weights of config.model.pretrained (DETR or HOICLIP) when it is set."""
     model = hoiclip.build_model(config.model, tables)
-    return model, hoiclip.init_params(model, jax.random.PRNGKey(config.seed), config, tables)
+    params = hoiclip.init_params(model, jax.random.PRNGKey(config.seed), config, tables)
+    if config.model.pretrained:
+        params, report = weights.load_pretrained(config.model.pretrained, params, config, tables)
+        logging.info("%s: %s", config.model.pretrained, report.summary())
+    return model, params
 
 
 def _split_and_optimizer(config, params, steps_per_epoch: int):
     """(trainable, frozen, tx, schedules) for a params tree (arrays or shapes)."""
-    labels = optim.label_params(params, config.optim.groups)
+    labels = optim.label_params(params, optim.parameter_groups(config))
     trainable, frozen = optim.split_frozen(params, labels)
     trainable_labels, _ = optim.split_frozen(labels, labels)
     tx, schedules = optim.make_optimizer(config.optim, trainable_labels, steps_per_epoch)

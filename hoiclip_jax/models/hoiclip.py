@@ -74,7 +74,8 @@ class HOICLIP(nn.Module):
       verb_weight: weight of the verb-adapter logits in the HOI logits.
       logit_scale_init: initial logit_scale and obj_logit_scale (ln(1/0.07)).
       num_hois, num_obj_logits, num_verbs: K, O + 1, V.
-      hoi_to_verb: [K] verb index of each HOI class (builds the fixed verb2hoi matrix).
+      verb2hoi_entries: the (verb, HOI column) cells that are 1 in the fixed [V, K] verb2hoi
+        matrix (`verb2hoi_entries` below).
       encoder_input_pos: also add the sine positions to the encoder input (not in the reference;
         see config.model.encoder_input_pos).
       dtype: computation dtype (params are float32; outputs are cast to float32).
@@ -97,7 +98,7 @@ class HOICLIP(nn.Module):
     num_hois: int
     num_obj_logits: int
     num_verbs: int
-    hoi_to_verb: tuple[int, ...]
+    verb2hoi_entries: tuple[tuple[int, int], ...]
     encoder_input_pos: bool = False
     dtype: Any = jnp.float32
 
@@ -201,23 +202,32 @@ class HOICLIP(nn.Module):
         scale = jnp.exp(self.logit_scale)
         s_inter = scale * self.hoi_visual_projection(l2_normalize(o_inter))
         s_verb = scale * self.verb_projection(l2_normalize(self.inter2verb(o_inter)))
-        # Fixed 0/1 [V, K] matrix: verb2hoi[v, k] = 1 iff HOI k has verb v (a constant).
-        verb2hoi = jax.nn.one_hot(jnp.asarray(self.hoi_to_verb), self.num_verbs,
-                                  dtype=s_verb.dtype).T
-        return s_inter + self.verb_weight * s_verb @ verb2hoi
+        verb2hoi = np.zeros((self.num_verbs, self.num_hois), np.float32)  # a constant
+        verb2hoi[tuple(np.array(self.verb2hoi_entries).T)] = 1.0
+        return s_inter + self.verb_weight * s_verb @ jnp.asarray(verb2hoi, s_verb.dtype)
 
     def encode_text(self, token_ids):
         """CLIP text embeddings (not normalised) [n, E] of token_ids [n, T]."""
         return self.clip.encode_text(token_ids)
 
 
-def build_model(model_config, tables) -> HOICLIP:
-    """Builds HOICLIP for config.model and the class tables (K, O + 1, V, hoi_to_verb).
+def verb2hoi_entries(tables, vcoco_bug: bool) -> tuple[tuple[int, int], ...]:
+    """(verb, column) cells set to 1 in the [V, K] verb2hoi matrix (§1.6).
 
-    The verb2hoi matrix is the intended one for every data set (the reference's V-COCO matrix
-    indexes object ids by mistake, §1.6; not reproduced).
+    Intended: (v, k) for every HOI class k = (v, o). With `vcoco_bug` (reference V-COCO code,
+    which produced the published V-COCO numbers): (v, o), i.e. the column is the object index,
+    so the verb logits land on the wrong HOI columns (only columns 0..O-1 receive any).
     """
+    columns = tables.hoi_to_obj if vcoco_bug else np.arange(tables.num_hois)
+    return tuple(sorted({(int(v), int(c)) for v, c in zip(tables.hoi_to_verb, columns)}))
+
+
+def build_model(model_config, tables) -> HOICLIP:
+    """Builds HOICLIP for config.model and the class tables (K, O + 1, V, verb2hoi)."""
     m = model_config
+    if m.vcoco_verb2hoi_bug and tables.name != "vcoco":
+        raise ValueError(f"config.model.vcoco_verb2hoi_bug=True reproduces a bug of the V-COCO "
+                         f"code path only; the class tables are '{tables.name}'")
     if m.dec_layers != m.inter_dec_layers:
         raise ValueError(f"config.model.dec_layers={m.dec_layers} != inter_dec_layers="
                          f"{m.inter_dec_layers}: the aux outputs pair the layers one to one")
@@ -239,7 +249,7 @@ def build_model(model_config, tables) -> HOICLIP:
             q_inter=m.q_inter, verb_weight=float(m.verb_weight),
             logit_scale_init=float(m.logit_scale_init), num_hois=tables.num_hois,
             num_obj_logits=tables.num_objects + 1, num_verbs=tables.num_verbs,
-            hoi_to_verb=tuple(int(v) for v in tables.hoi_to_verb),
+            verb2hoi_entries=verb2hoi_entries(tables, bool(m.vcoco_verb2hoi_bug)),
             encoder_input_pos=bool(m.encoder_input_pos), dtype=jnp.dtype(m.dtype))
 
 
@@ -345,7 +355,9 @@ def init_params(model: HOICLIP, rng, config, tables) -> dict:
 
     hoi_visual_projection/kernel and obj_visual_projection/kernel = the normalised CLIP text
     embeddings of the HOI / object prompts (transposed to [E, K] / [E, O+1]); their biases stay
-    random (frozen by the optimizer, as in the reference); verb_projection/kernel = E_v^T.
+    random (frozen by the optimizer, as in the reference) unless
+    config.model.classifier_random_bias is False, which zeroes them; verb_projection/kernel =
+    E_v^T.
 
     Returns:
       the params dict (the 'params' collection).
@@ -361,4 +373,7 @@ def init_params(model: HOICLIP, rng, config, tables) -> dict:
         if kernel.shape != old.shape:
             raise ValueError(f"{name}/kernel: text-derived shape {kernel.shape} != {old.shape}")
         params[name] = {**params[name], "kernel": kernel.astype(old.dtype)}
+    if not config.model.classifier_random_bias:
+        for name in ("hoi_visual_projection", "obj_visual_projection"):
+            params[name] = {**params[name], "bias": jnp.zeros_like(params[name]["bias"])}
     return params

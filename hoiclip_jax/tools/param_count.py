@@ -3,8 +3,8 @@
     python -m hoiclip_jax.tools.param_count --config configs/hico.py
 
 Builds the parameter shapes with `jax.eval_shape`, splits them into trainable / frozen with the
-regex groups of config.optim.groups (as the trainer does), and prints the totals and a table per
-top-level module.
+rules of `optim.parameter_groups(config)` (as the trainer does), and prints the totals and a
+table per top-level module.
 """
 import argparse
 import importlib.util
@@ -58,11 +58,13 @@ def count_params(params, groups) -> dict:
 def config_param_counts(config) -> dict:
     """`count_params` of the model that `config` builds (shapes only)."""
     from data_pipeline.class_tables import load_class_tables
+    from hoiclip_jax import optim
     from hoiclip_jax.models import hoiclip
 
     tables = load_class_tables(config.dataset)
     model = hoiclip.build_model(config.model, tables)
-    return count_params(hoiclip.abstract_params(model, config.dataset), config.optim.groups)
+    return count_params(hoiclip.abstract_params(model, config.dataset),
+                        optim.parameter_groups(config))
 
 
 def format_counts(counts: dict) -> str:
