@@ -24,6 +24,22 @@ def define_config_flag() -> flags.FlagHolder:
         lock_config=True)
 
 
+def define_multihost_flag() -> flags.FlagHolder:
+    return flags.DEFINE_bool(
+        "multihost", os.environ.get("HOICLIP_MULTIHOST", "") == "1",
+        "Join a multi-process run with jax.distributed.initialize() before any other JAX call "
+        "(coordinator, process count and id from the cluster environment: SLURM, Open MPI, or "
+        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). Default from the "
+        "environment variable HOICLIP_MULTIHOST=1.")
+
+
+def initialize_distributed(multihost: bool) -> None:
+    """Connects this process to the others of a multi-process run (no-op when not asked)."""
+    if multihost:
+        import jax
+        jax.distributed.initialize()
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")

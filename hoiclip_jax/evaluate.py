@@ -22,6 +22,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
     cli.define_config_flag()
+    cli.define_multihost_flag()
     flags.DEFINE_string("workdir", None, "Run folder written by hoiclip_jax.train.", required=True)
     flags.DEFINE_integer("checkpoint", None, "Step to evaluate (default: latest).")
     flags.DEFINE_bool("untrained", False, "Evaluate the model at initialisation.")
@@ -70,6 +71,7 @@ def run(config, workdir: str, step, untrained: bool) -> tuple[dict, list, list, 
 def main(argv):
     del argv
     cli.setup_logging()
+    cli.initialize_distributed(FLAGS.multihost)
     config, workdir = FLAGS.config, FLAGS.workdir
     metrics, predictions, records, tables = run(config, workdir, FLAGS.checkpoint,
                                                 FLAGS.untrained)

@@ -22,6 +22,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
     cli.define_config_flag()
+    cli.define_multihost_flag()
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.",
                         required=True)
 
@@ -115,6 +116,7 @@ def check_finite(metrics: dict, step: int) -> None:
 def main(argv):
     del argv
     cli.setup_logging()
+    cli.initialize_distributed(FLAGS.multihost)
     train(FLAGS.config, FLAGS.workdir)
 
 
