@@ -126,6 +126,14 @@ def loss_config(dataset: str) -> mlc.ConfigDict:
             hoi_coef=2.0, obj_coef=1.0, bbox_coef=2.5, giou_coef=1.0,
             eos_coef=0.1,            # weight of the no-object class in the object CE
             focal_alpha=0.5,
+            # Scope of the loss normalisers (number of positive HOI labels, object-CE weights,
+            # pairs, existing object boxes). 'global': counts over the whole global batch, so the
+            # loss does not depend on the number of devices (our default). 'per_device': the
+            # reference's per-GPU normalisers (§2.2, §11.6): each device's shard of the batch is
+            # normalised by its own counts (subject boxes by the global pair count / devices) and
+            # the device losses are averaged, as DDP averages gradients; for parity runs with
+            # the reference, whose results then depend on the device count.
+            normalizer="global",
     ))
 
 

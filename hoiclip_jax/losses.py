@@ -1,9 +1,14 @@
 """Set losses of HOICLIP given a matching (reference §2.2).
 
 Every term is computed for all decoder layers at once ([L] vectors) and then named: the final
-layer (L - 1) unsuffixed, aux layer l as `<term>_<l>`. All normalisers are global over the batch
-given; inside `jit` over a sharded batch that is the global batch (the reference normalises the
-focal and object-box terms per GPU instead).
+layer (L - 1) unsuffixed, aux layer l as `<term>_<l>`.
+
+Normalisers (`loss_config.normalizer`): 'global' divides each term by a count over the whole batch
+given; inside `jit` over a sharded batch that is the global batch. 'per_device' reproduces the
+reference on D GPUs (§2.2, §11.6): the batch is cut into D contiguous groups (the shards of the
+'data' mesh axis), the focal, object-CE and object-box terms of each group are divided by the
+group's own count, the subject-box terms by the global pair count / D, and the D group losses are
+averaged (DDP averages the per-GPU gradients). Both modes are one code path: 'global' is one group.
 
 Matching contract (hoiclip_jax/matching.py): `indices [L, B, M]` holds for each GT pair the
 query matched to it, -1 for padding or no match.
@@ -28,6 +33,23 @@ _TERM_COEFS = {
         "loss_obj_giou": "giou_coef",
 }
 _TOP_K_RECALL = 5
+NORMALIZERS = ("global", "per_device")
+
+
+def normalizer_groups(loss_config, num_devices: int) -> int:
+    """Number of batch groups with their own normalisers: 1 ('global') or `num_devices`."""
+    if loss_config.normalizer not in NORMALIZERS:
+        raise ValueError(f"config.loss.normalizer = {loss_config.normalizer!r} is not one of "
+                         f"{NORMALIZERS}")
+    return num_devices if loss_config.normalizer == "per_device" else 1
+
+
+def _group_sum(x: jnp.ndarray, groups: int) -> jnp.ndarray:
+    """Sums x [L, B, ...] over everything but the layer, per contiguous batch group: [L, G]."""
+    num_layers, b = x.shape[:2]
+    if b % groups:
+        raise ValueError(f"batch of {b} images does not split into {groups} normaliser groups")
+    return x.reshape(num_layers, groups, -1).sum(-1)
 
 
 def query_to_gt(indices: jnp.ndarray, pair_mask: jnp.ndarray, num_queries: int) -> jnp.ndarray:
@@ -54,70 +76,79 @@ def _gather(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
                                jnp.broadcast_to(index, shape), axis=2)
 
 
-def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float) -> jnp.ndarray:
+def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float,
+                   groups: int = 1) -> jnp.ndarray:
     """CornerNet-style focal loss over all [B, N, K] entries of each layer.
 
     Args:
       logits: [L, B, N, K] HOI logits.
       target: [L, B, N, K] multi-hot targets (0 for unmatched queries).
       alpha: weight of the positive term; the negative one gets 1 - alpha.
+      groups: contiguous batch groups normalised on their own, then averaged.
 
     Returns:
-      [L]: -(sum pos + sum neg) / num_pos, or -sum neg where a layer has no positive label.
+      [L]: -(sum pos + sum neg) / num_pos, or -sum neg where a group has no positive label.
     """
     p = jnp.clip(jax.nn.sigmoid(logits), _FOCAL_CLAMP, 1 - _FOCAL_CLAMP)
     is_pos = (target == 1).astype(jnp.float32)
     is_neg = (target < 1).astype(jnp.float32)
     pos = alpha * jnp.log(p) * (1 - p) ** _FOCAL_GAMMA * is_pos
     neg = (1 - alpha) * jnp.log(1 - p) * p ** _FOCAL_GAMMA * is_neg
-    axes = (1, 2, 3)
-    num_pos = is_pos.sum(axes)
-    pos_sum, neg_sum = pos.sum(axes), neg.sum(axes)
+    num_pos = _group_sum(is_pos, groups)
+    pos_sum, neg_sum = _group_sum(pos, groups), _group_sum(neg, groups)
     # max(num_pos, 1) keeps the unused branch (and its gradient) finite.
-    return jnp.where(num_pos > 0, -(pos_sum + neg_sum) / jnp.maximum(num_pos, 1), -neg_sum)
+    per_group = jnp.where(num_pos > 0, -(pos_sum + neg_sum) / jnp.maximum(num_pos, 1), -neg_sum)
+    return per_group.mean(-1)
 
 
-def obj_ce_loss(logits: jnp.ndarray, target: jnp.ndarray, eos_coef: float) -> jnp.ndarray:
+def obj_ce_loss(logits: jnp.ndarray, target: jnp.ndarray, eos_coef: float,
+                groups: int = 1) -> jnp.ndarray:
     """Weighted softmax CE: [L, B, N, O+1] logits, [L, B, N] class -> [L] sum(w ce) / sum(w).
 
-    The last class is "no object" and weighs `eos_coef`; the others weigh 1.
+    The last class is "no object" and weighs `eos_coef`; the others weigh 1. With `groups` > 1
+    the ratio is taken per contiguous batch group and averaged over the groups.
     """
     no_object = logits.shape[-1] - 1
     log_p = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
     w = jnp.where(target == no_object, eos_coef, 1.0)
-    return (w * ce).sum((1, 2)) / w.sum((1, 2))
+    return (_group_sum(w * ce, groups) / _group_sum(w, groups)).mean(-1)
 
 
-def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser) -> jnp.ndarray:
-    """Sum over [B, M] of values [L, B, M] where mask, divided by normaliser ([L] or scalar)."""
-    return jnp.where(mask, values, 0.0).sum((1, 2)) / normaliser
+def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser, groups: int) -> jnp.ndarray:
+    """Per-group sums of values [L, B, M] where mask, divided by normaliser ([L, G] or scalar),
+    averaged over the groups: [L]."""
+    return (_group_sum(jnp.where(mask, values, 0.0), groups) / normaliser).mean(-1)
 
 
 def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
-               matched: jnp.ndarray) -> dict:
+               matched: jnp.ndarray, groups: int = 1) -> dict:
     """L1 and GIoU losses of the matched pairs (§2.2), each [L].
 
     Args:
       pred_sub, pred_obj: [L, B, M, 4] cxcywh boxes of the query matched to each GT pair.
       batch: `sub_boxes`, `obj_boxes [B, M, 4]` cxcywh, `obj_exists`, `pair_mask [B, M]`.
       matched: [L, B, M] True where GT pair m got a query.
+      groups: contiguous batch groups (devices) normalised on their own, then averaged.
 
-    Subject terms are divided by the number of real GT pairs (clamped >= 1); object terms only
-    count pairs whose object exists and are divided by their number + 1e-4.
+    Subject terms are divided by the number of real GT pairs of the whole batch / groups (the
+    reference's all-reduced count / world size), clamped >= 1; object terms only count pairs
+    whose object exists and each group divides by its own number of them + 1e-4.
     """
-    num_pairs = jnp.maximum(batch["pair_mask"].sum().astype(jnp.float32), 1.0)
+    num_pairs = jnp.maximum(batch["pair_mask"].sum().astype(jnp.float32) / groups, 1.0)
     obj_matched = matched & batch["obj_exists"][None]
-    num_obj = obj_matched.sum((1, 2)).astype(jnp.float32) + 1e-4
+    num_obj = _group_sum(obj_matched.astype(jnp.float32), groups) + 1e-4
     gt_sub, gt_obj = batch["sub_boxes"][None], batch["obj_boxes"][None]
     l1 = lambda pred, gt: jnp.abs(pred - gt).sum(-1)
     one_minus_giou = lambda pred, gt: 1 - box_ops.elementwise_giou(
             box_ops.cxcywh_to_xyxy(pred), box_ops.cxcywh_to_xyxy(gt))
     return {
-            "loss_sub_bbox": _masked_mean(l1(pred_sub, gt_sub), matched, num_pairs),
-            "loss_obj_bbox": _masked_mean(l1(pred_obj, gt_obj), obj_matched, num_obj),
-            "loss_sub_giou": _masked_mean(one_minus_giou(pred_sub, gt_sub), matched, num_pairs),
-            "loss_obj_giou": _masked_mean(one_minus_giou(pred_obj, gt_obj), obj_matched, num_obj),
+            "loss_sub_bbox": _masked_mean(l1(pred_sub, gt_sub), matched, num_pairs, groups),
+            "loss_obj_bbox": _masked_mean(l1(pred_obj, gt_obj), obj_matched, num_obj, groups),
+            "loss_sub_giou": _masked_mean(one_minus_giou(pred_sub, gt_sub), matched, num_pairs,
+                                          groups),
+            "loss_obj_giou": _masked_mean(one_minus_giou(pred_obj, gt_obj), obj_matched, num_obj,
+                                          groups),
     }
 
 
@@ -162,7 +193,8 @@ def _name_layers(per_layer: dict) -> dict:
     return named
 
 
-def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config) -> dict:
+def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config,
+               num_devices: int = 1) -> dict:
     """The six §2.2 terms for every decoder layer, plus logged-only metrics.
 
     Args:
@@ -170,7 +202,9 @@ def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config) ->
         [L, B, N, O+1]` (last entry = no object), `sub_boxes`, `obj_boxes [L, B, N, 4]` cxcywh.
       batch: the batch dict of docs/design.md (GT boxes cxcywh normalised, `pair_mask [B, M]`).
       indices: [L, B, M] int32 query matched to each GT pair, -1 for none.
-      loss_config: `focal_alpha`, `eos_coef`.
+      loss_config: `focal_alpha`, `eos_coef`, `normalizer` ('global' | 'per_device').
+      num_devices: size of the mesh's 'data' axis; with 'per_device' normalisers the batch is
+        cut into this many contiguous groups, one per device shard (B must divide by it).
 
     Returns:
       {name: scalar}: `loss_*` terms (final layer unsuffixed, aux layers `_0`, `_1`, ...) and the
@@ -181,15 +215,17 @@ def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config) ->
     batch = dict(batch, pair_mask=jnp.asarray(batch["pair_mask"], bool),
                  obj_exists=jnp.asarray(batch["obj_exists"], bool),
                  hoi_labels=jnp.asarray(batch["hoi_labels"], jnp.float32))
+    groups = normalizer_groups(loss_config, num_devices)
     num_queries, no_object = outputs["obj_logits"].shape[2], outputs["obj_logits"].shape[3] - 1
     hoi_target, obj_target = _per_query_targets(indices, batch, num_queries, no_object)
     matched = (indices >= 0) & (indices < num_queries) & batch["pair_mask"][None]
     per_layer = {
             "loss_hoi_labels": focal_hoi_loss(outputs["hoi_logits"], hoi_target,
-                                              loss_config.focal_alpha),
-            "loss_obj_ce": obj_ce_loss(outputs["obj_logits"], obj_target, loss_config.eos_coef),
+                                              loss_config.focal_alpha, groups),
+            "loss_obj_ce": obj_ce_loss(outputs["obj_logits"], obj_target, loss_config.eos_coef,
+                                       groups),
             **box_losses(_gather(outputs["sub_boxes"], indices),
-                         _gather(outputs["obj_boxes"], indices), batch, matched),
+                         _gather(outputs["obj_boxes"], indices), batch, matched, groups),
     }
     return {**_name_layers(per_layer), **_metrics(outputs, batch, indices, matched)}
 

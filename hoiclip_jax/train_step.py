@@ -14,15 +14,19 @@ import optax
 from hoiclip_jax import losses, optim, sharding
 
 
-def make_loss_fn(model, matcher: Callable, loss_config) -> Callable:
-    """(trainable, frozen, batch, rng) -> (total loss, loss terms)."""
+def make_loss_fn(model, matcher: Callable, loss_config, num_devices: int = 1) -> Callable:
+    """(trainable, frozen, batch, rng) -> (total loss, loss terms).
+
+    `num_devices` (the mesh's 'data' size) only matters for `loss_config.normalizer ==
+    'per_device'`, which normalises each device's batch shard on its own.
+    """
 
     def loss_fn(trainable, frozen, batch, rng):
         params = optim.merge_params(trainable, frozen)
         outputs = model.apply({"params": params}, batch["image"], batch["pixel_mask"],
                               batch["clip_image"], train=True, rngs={"dropout": rng})
         indices = matcher(outputs, batch)
-        terms = losses.set_losses(outputs, batch, indices, loss_config)
+        terms = losses.set_losses(outputs, batch, indices, loss_config, num_devices)
         return losses.total_loss(terms, loss_config), terms
 
     return loss_fn
@@ -31,7 +35,7 @@ def make_loss_fn(model, matcher: Callable, loss_config) -> Callable:
 def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, loss_config,
                     mesh) -> Callable:
     """Returns `step(state, batch) -> (state, metrics)`, jitted with the state donated."""
-    loss_fn = make_loss_fn(model, matcher, loss_config)
+    loss_fn = make_loss_fn(model, matcher, loss_config, mesh.shape[sharding.DATA_AXIS])
     repl = sharding.replicated(mesh)
 
     @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(repl, repl))

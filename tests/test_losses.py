@@ -15,7 +15,7 @@ BASES = ("loss_hoi_labels", "loss_obj_ce", "loss_sub_bbox", "loss_obj_bbox", "lo
 
 def _loss_config(**overrides):
     base = dict(hoi_coef=2.0, obj_coef=1.0, bbox_coef=2.5, giou_coef=1.0, eos_coef=0.1,
-                focal_alpha=0.5)
+                focal_alpha=0.5, normalizer="global")
     return mlc.ConfigDict(dict(base, **overrides))
 
 
@@ -51,11 +51,14 @@ def _make_case(rng, num_layers=2, b=2, n=3, m=2, k=4, o=2):
     return outputs, batch
 
 
-def _hand_terms(outputs, batch, indices, alpha, eos):
-    """Every term of every layer with explicit loops (independent of hoiclip_jax.losses)."""
+def _hand_terms(outputs, batch, indices, alpha, eos, num_pairs=None):
+    """Every term of every layer with explicit loops (independent of hoiclip_jax.losses).
+
+    `num_pairs` overrides the subject-box normaliser (default: the batch's pairs, clamped >= 1).
+    """
     num_layers, b, n, k = outputs["hoi_logits"].shape
     no_obj = outputs["obj_logits"].shape[-1] - 1
-    num_pairs = max(batch["pair_mask"].sum(), 1)
+    num_pairs = max(batch["pair_mask"].sum(), 1) if num_pairs is None else num_pairs
     terms = {}
     for l in range(num_layers):
         hoi_t, obj_t = np.zeros((b, n, k)), np.full((b, n), no_obj)
@@ -225,3 +228,81 @@ def test_normalisers_are_global_under_sharded_jit():
     terms = jax.jit(lambda o, b, i: losses.set_losses(o, b, i, config))(
             sharded_outputs, sharded_batch, put(indices, P(None, "data")))
     _assert_terms_close(terms, _hand_terms(outputs, batch, indices, 0.5, 0.1))
+
+
+def _four_image_case(seed):
+    """Outputs, batch and indices of 4 images whose halves differ in pairs, positives and objects:
+    half 0 (images 0, 1) has 2 pairs, one with an object, and 3 positive labels; half 1 (images
+    2, 3) has 3 pairs, all with objects, and 4 positive labels. Image 1 has no GT."""
+    rng = np.random.default_rng(seed)
+    outputs, batch = _make_case(rng, num_layers=2, b=4)
+    for image, pairs in ((2, [0]), (3, [0, 1])):
+        batch["pair_mask"][image, pairs] = batch["obj_exists"][image, pairs] = True
+        for key in ("sub_boxes", "obj_boxes"):
+            batch[key][image, pairs] = rng.uniform(0.3, 0.5, size=(len(pairs), 4))
+        batch["obj_labels"][image, pairs] = 1
+    batch["hoi_labels"][2, 0, 3] = 1
+    batch["hoi_labels"][3, 0, [0, 1]] = 1
+    batch["hoi_labels"][3, 1, 2] = 1
+    indices = np.array([[[0, 1], [-1, -1], [2, -1], [1, 0]],
+                        [[1, 2], [-1, -1], [0, -1], [2, 1]]], np.int32)
+    return outputs, batch, indices
+
+
+def _half(tree, axis, part):
+    """The first (part 0) or second (part 1) half of every array along `axis`."""
+    def cut(x):
+        size = x.shape[axis] // 2
+        return np.take(x, np.arange(part * size, (part + 1) * size), axis=axis)
+    return {k: cut(v) for k, v in tree.items()}
+
+
+def test_per_device_with_one_device_equals_global():
+    outputs, batch, indices = _four_image_case(6)
+    global_terms = losses.set_losses(outputs, batch, indices, _loss_config(), num_devices=4)
+    per_device = losses.set_losses(outputs, batch, indices,
+                                   _loss_config(normalizer="per_device"), num_devices=1)
+    expected = {k: float(v) for k, v in global_terms.items()}
+    _assert_terms_close(per_device, expected)
+    # 'global' ignores the device count: it equals the loop formulas over the whole batch.
+    _assert_terms_close(global_terms, _hand_terms(outputs, batch, indices, 0.5, 0.1))
+
+
+def test_per_device_normalises_each_half_and_averages():
+    outputs, batch, indices = _four_image_case(7)
+    config = _loss_config(normalizer="per_device", focal_alpha=0.25)
+    terms = losses.set_losses(outputs, batch, indices, config, num_devices=2)
+    # Reference on 2 GPUs: each GPU's own counts, except the subject boxes, which divide by the
+    # all-reduced pair count / world size (5 pairs / 2); DDP then averages the two losses.
+    halves = [_hand_terms(_half(outputs, 1, d), _half(batch, 0, d),
+                          _half({"i": indices}, 1, d)["i"], 0.25, 0.1, num_pairs=5 / 2)
+              for d in (0, 1)]
+    expected = {name: (halves[0][name] + halves[1][name]) / 2 for name in halves[0]}
+    _assert_terms_close(terms, expected)
+    # The case is one where the scope matters: every normalised term differs from 'global'.
+    global_terms = losses.set_losses(outputs, batch, indices,
+                                     _loss_config(focal_alpha=0.25), num_devices=2)
+    for base in ("loss_hoi_labels", "loss_obj_ce", "loss_obj_bbox"):
+        assert abs(float(terms[base]) - float(global_terms[base])) > 1e-3, base
+
+
+def test_per_device_under_sharded_jit_equals_unsharded_groups():
+    outputs, batch, indices = _four_image_case(8)
+    config = _loss_config(normalizer="per_device")
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:2])
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+    terms = jax.jit(lambda o, b, i: losses.set_losses(o, b, i, config, num_devices=2))(
+            {k: put(v, P(None, "data")) for k, v in outputs.items()},
+            {k: put(v, P("data")) for k, v in batch.items()}, put(indices, P(None, "data")))
+    unsharded = losses.set_losses(outputs, batch, indices, config, num_devices=2)
+    _assert_terms_close(terms, {k: float(v) for k, v in unsharded.items()})
+
+
+def test_normalizer_errors_name_the_problem():
+    outputs, batch, indices = _four_image_case(9)
+    with pytest.raises(ValueError, match="normalizer = 'per_gpu'"):
+        losses.set_losses(outputs, batch, indices, _loss_config(normalizer="per_gpu"))
+    with pytest.raises(ValueError, match="4 images does not split into 3"):
+        losses.set_losses(outputs, batch, indices, _loss_config(normalizer="per_device"),
+                          num_devices=3)
