@@ -49,15 +49,21 @@ def encode_text(demo_setup):
     return lambda tokens: np.asarray(fn(jnp.asarray(tokens)))
 
 
+def random_inputs(config, batch_size: int, seed: int):
+    """(image, pixel_mask, clip_image) of the config's shapes; the last image is padded (its
+    bottom quarter and right three eighths are not real pixels)."""
+    rng = np.random.default_rng(seed)
+    (h, w), c = config.dataset.canvas, config.dataset.clip_image_size
+    image = rng.normal(size=(batch_size, h, w, 3)).astype(np.float32)
+    mask = np.ones((batch_size, h, w), bool)
+    mask[-1, 3 * h // 4:], mask[-1, :, 5 * w // 8:] = False, False
+    image[~mask] = 0.0
+    return image, mask, rng.normal(size=(batch_size, c, c, 3)).astype(np.float32)
+
+
 def test_demo_forward_contract(demo_setup):
     config, tables, model, params = demo_setup
-    rng = np.random.default_rng(0)
-    (h, w), c = config.dataset.canvas, config.dataset.clip_image_size
-    image = rng.normal(size=(2, h, w, 3)).astype(np.float32)
-    mask = np.ones((2, h, w), bool)
-    mask[1, 3 * h // 4:], mask[1, :, 5 * w // 8:] = False, False
-    image[~mask] = 0.0
-    clip_image = rng.normal(size=(2, c, c, 3)).astype(np.float32)
+    image, mask, clip_image = random_inputs(config, 2, seed=0)
     out = jax.jit(lambda p, *x: model.apply({"params": p}, *x))(params, image, mask, clip_image)
 
     m, s = config.model, config.model.clip
@@ -312,12 +318,8 @@ def test_q_inter_variants(demo_setup):
 
 def test_encoder_input_pos_adds_positions_to_the_encoder_input(demo_setup):
     config, tables, _, params = demo_setup
-    rng = np.random.default_rng(3)
-    (h, w), c = config.dataset.canvas, config.dataset.clip_image_size
-    image = rng.normal(size=(1, h, w, 3)).astype(np.float32)
-    mask = np.ones((1, h, w), bool)
-    mask[0, :, w // 2:] = False
-    clip_image = rng.normal(size=(1, c, c, 3)).astype(np.float32)
+    image, mask, clip_image = random_inputs(config, 1, seed=3)
+    h, w = config.dataset.canvas
 
     def encoder_input(flag):
         """The `src` the encoder receives, [1, S, D], with encoder_input_pos = flag."""
