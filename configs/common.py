@@ -30,6 +30,19 @@ def dataset_config(dataset: str) -> mlc.ConfigDict:
     d.test_file = {"vcoco": "test_vcoco.json"}.get(dataset, "test_hico.json")
     d.train_images = {"vcoco": "train2014"}.get(dataset, "train2015")
     d.test_images = {"vcoco": "val2014"}.get(dataset, "test2015")
+    # Where records and images come from (data_pipeline/sources.py): 'folder' reads the files
+    # under `root`; 'tfds' reads the tensorflow-datasets array_record build of `root` (its
+    # manual_dir) from `tfds_data_dir`, made once by `python -m data_pipeline.sources --config
+    # <config>`. The tfds builders read the reference layout, so the file and folder names above
+    # must be the reference ones; a HICO-Det `train_file` of 'trainval_hico_{5,15,25,50}%.json'
+    # selects that fractional subset (a deterministic sample, logged as NOT the authors' subset,
+    # when the file is missing).
+    d.builder = "tfds" if dataset in ("hico", "vcoco") else "folder"
+    d.tfds_data_dir = "data/tfds"
+    # Zero-shot setting of reference §3.4 (HICO-Det): 'none' | 'rare_first' | 'non_rare_first' |
+    # 'unseen_object' | 'unseen_verb'. The training pairs carrying an HOI of the setting's unseen
+    # list are dropped, then the training images left without pairs; the test split is kept.
+    d.zero_shot = "none"
     # Class tables: a JSON in the schema of data_pipeline/tables/hico_classes.json. An empty
     # string means the packaged table of `name`; the synthetic set ships its own next to its files.
     d.class_table = ""

@@ -2,9 +2,10 @@
 
 The schema is that of `data_pipeline/tables/hico_classes.json`: `verbs`, `objects` (person = 0),
 `coco_ids` (the COCO category id of each object, in object order), `hois` (`[{verb, object,
-prompt}]` in the official HOI order), `object_prompts` (one per object, then 'a photo of nothing')
-and `rare_hois`. V-COCO adds a no-object class: `objects` has one entry more than `coco_ids`, the
-last one (index 80) being the person-only target of HOIs without a role object.
+prompt}]` in the official HOI order), `object_prompts` (one per object, then 'a photo of nothing'),
+`rare_hois` and, for HICO-Det, `zero_shot_unseen` (the unseen HOI lists of reference §3.4).
+V-COCO adds a no-object class: `objects` has one entry more than `coco_ids`, the last one (index
+80) being the person-only target of HOIs without a role object.
 """
 import dataclasses
 import functools
@@ -37,6 +38,9 @@ class ClassTables:
         rare_hois: HOI indices the table marks as rare (empty for V-COCO; informational, the
             evaluation recomputes rarity from the training file with `hoi_instance_counts`).
         verb_id_base: value of annotation `category_id` for verb index 0.
+        zero_shot_unseen: (setting, unseen HOI indices) pairs of the zero-shot settings of
+            reference §3.4 ('rare_first', 'non_rare_first', 'unseen_object', 'unseen_verb');
+            empty when the table has none (V-COCO).
     """
     name: str
     verbs: tuple[str, ...]
@@ -47,6 +51,7 @@ class ClassTables:
     object_prompts: tuple[str, ...]
     rare_hois: tuple[int, ...]
     verb_id_base: int = _DEFAULT_VERB_ID_BASE
+    zero_shot_unseen: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def num_verbs(self) -> int:
@@ -78,6 +83,14 @@ class ClassTables:
     @functools.cached_property
     def _hoi_lookup(self) -> dict[tuple[int, int], int]:
         return {pair: k for k, pair in enumerate(self.hois)}
+
+    def unseen_hois(self, setting: str) -> tuple[int, ...]:
+        """The HOI indices unseen in training under zero-shot `setting` (source order)."""
+        lists = dict(self.zero_shot_unseen)
+        if setting not in lists:
+            raise ValueError(f"zero-shot setting {setting!r} is not in the '{self.name}' tables "
+                             f"(they define {sorted(lists) or 'none'})")
+        return lists[setting]
 
     def hoi_index(self, verb: int, obj: int) -> int:
         """HOI index of (verb index, object index); KeyError when the pair is not a class."""
@@ -136,6 +149,7 @@ def read_class_tables(path: str, name: str) -> ClassTables:
         object_prompts=tuple(raw["object_prompts"]),
         rare_hois=tuple(rare),
         verb_id_base=base,
+        zero_shot_unseen=_zero_shot_lists(path, raw),
     )
     _check_tables(path, tables, raw)
     return tables
@@ -147,6 +161,14 @@ def _hoi_pair(path: str, i: int, hoi) -> tuple[int, int]:
         raise ValueError(f"{path}: hois[{i}] must be {{verb: int, object: int, prompt: str}}, "
                          f"got {hoi!r}")
     return hoi["verb"], hoi["object"]
+
+
+def _zero_shot_lists(path: str, raw: dict) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """`zero_shot_unseen` ({setting: [HOI index]}) as sorted (setting, indices) pairs."""
+    lists = raw["zero_shot_unseen"] if "zero_shot_unseen" in raw else {}
+    if not isinstance(lists, dict) or not all(isinstance(v, list) for v in lists.values()):
+        raise ValueError(f"{path}: key 'zero_shot_unseen' must map setting names to lists")
+    return tuple((name, tuple(lists[name])) for name in sorted(lists))
 
 
 def _check_tables(path: str, t: ClassTables, raw: dict) -> None:
@@ -177,6 +199,11 @@ def _check_tables(path: str, t: ClassTables, raw: dict) -> None:
                                f"{t.num_objects + 1}")
     if not all(_is_int(k) and 0 <= k < t.num_hois for k in t.rare_hois):
         fail("rare_hois", f"entries must be HOI indices in [0, {t.num_hois})")
+    for setting, unseen in t.zero_shot_unseen:
+        if not all(_is_int(k) and 0 <= k < t.num_hois for k in unseen) or \
+                len(set(unseen)) != len(unseen):
+            fail(f"zero_shot_unseen.{setting}", f"entries must be distinct HOI indices in "
+                                                f"[0, {t.num_hois})")
     if not _is_int(t.verb_id_base) or t.verb_id_base not in (0, 1):
         fail("verb_id_base", f"must be 0 or 1, got {t.verb_id_base!r}")
 

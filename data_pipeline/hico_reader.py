@@ -7,7 +7,10 @@ One JSON list, one entry per image:
                          "category_id": verb id, "hoi_category_id": 1..K}]}
 `object_id == -1` (no role object) is allowed only with a table that has a no-object class
 (V-COCO), where `hoi_category_id` may also be absent: it is then derived from (verb, object).
-Verb ids start at `tables.verb_id_base` (1 for HICO-Det, 0 for V-COCO).
+Verb ids start at `tables.verb_id_base` (1 for HICO-Det, 0 for V-COCO). File names are taken as
+they are (`HICO_train2015_….jpg`, `COCO_val2014_….jpg`): the image id is the record's index in its
+file, never parsed from the name (the reference's `int(file_name.rstrip('.jpg'))` crashes on
+V-COCO names, §3.3).
 """
 import dataclasses
 import math
@@ -45,12 +48,41 @@ class HoiRecord:
 
 def read_annotations(json_path: str, tables: ClassTables) -> list[HoiRecord]:
     """Reads and validates every record of `json_path`; raises AnnotationError on the first flaw."""
-    raw = load_json(json_path, AnnotationError)
+    return parse_annotations(load_json(json_path, AnnotationError), json_path, tables)
+
+
+def parse_annotations(raw, json_path: str, tables: ClassTables) -> list[HoiRecord]:
+    """Validates the decoded JSON `raw` of `json_path` (named in errors) and returns its records."""
     if not isinstance(raw, list):
         raise AnnotationError(f"{json_path}: the top level must be a list of images, got "
                               f"{type(raw).__name__}")
     parser = _RecordParser(json_path, tables)
     return [parser.parse(index, entry) for index, entry in enumerate(raw)]
+
+
+def clamp_boxes(record: HoiRecord, height: int, width: int) -> tuple[HoiRecord, int, int]:
+    """Clamps the boxes to the image and removes the degenerate ones, as the reference (§3.3).
+
+    A box is degenerate when, after clamping to [0, width] x [0, height], x2 <= x1 or y2 <= y1.
+    The HOIs that refer to a removed box are removed too; the other HOIs are re-indexed. A
+    no-object role (object index -1) is kept.
+
+    Returns:
+        (record, number of boxes removed, number of HOI rows removed).
+    """
+    boxes = np.clip(record.boxes, 0, np.array([width, height, width, height], np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    # new_index[i] is the new index of box i, -2 when it is removed; the extra last entry maps
+    # the no-object role -1 onto itself.
+    new_index = np.full(len(keep) + 1, -2, np.int32)
+    new_index[np.flatnonzero(keep)] = np.arange(int(keep.sum()), dtype=np.int32)
+    new_index[-1] = -1
+    hois = record.hois.copy()
+    hois[:, 0], hois[:, 1] = new_index[hois[:, 0]], new_index[hois[:, 1]]
+    hois = hois[(hois[:, 0] >= 0) & (hois[:, 1] >= -1)]
+    clean = dataclasses.replace(record, boxes=boxes[keep].astype(np.float32),
+                                box_labels=record.box_labels[keep], hois=hois)
+    return clean, int((~keep).sum()), len(record.hois) - len(hois)
 
 
 def hoi_instance_counts(records: list[HoiRecord], num_hois: int) -> np.ndarray:
