@@ -8,7 +8,8 @@ device matches its own batch shard (a bare callback would gather the whole batch
 Indices are returned per GT column: `indices[l, b, m]` is the query matched to GT pair `m` of
 image `b` in layer `l`, or -1 when that pair is padding or got no query.
 """
-from typing import Callable
+import time
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,20 @@ DATA_AXIS = "data"
 # Cost given to padded GT columns and to NaN/inf entries. Large but finite: scipy rejects inf
 # and NaN, and the real costs are O(10).
 PAD_COST = 1e6
+
+HostTimer = Callable[[float, float], None]
+# Observer of the host assignment for benchmarks (benchmarks/train_step.py): when set, it is
+# called after every callback with the callback's `time.perf_counter()` start and end. Unset (the
+# default) it costs one global read per callback; it never changes the traced step, so it can be
+# set and cleared around an already compiled step.
+_host_timer: Optional[HostTimer] = None
+
+
+def set_host_timer(timer: Optional[HostTimer]) -> Optional[HostTimer]:
+    """Installs `timer(start, end)` (None removes it); returns the previous one to restore."""
+    global _host_timer
+    previous, _host_timer = _host_timer, timer
+    return previous
 
 
 def _hoi_class_cost(hoi_logits: jnp.ndarray, hoi_labels: jnp.ndarray) -> jnp.ndarray:
@@ -135,7 +150,13 @@ def assign_host(cost: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
 
 def _host_callback(cost, n_valid) -> np.ndarray:
     # The callback receives jax.Arrays on the CPU: convert first so that no JAX op runs here.
-    return assign_host(np.asarray(cost), np.asarray(n_valid))
+    timer = _host_timer
+    if timer is None:
+        return assign_host(np.asarray(cost), np.asarray(n_valid))
+    start = time.perf_counter()
+    out = assign_host(np.asarray(cost), np.asarray(n_valid))
+    timer(start, time.perf_counter())
+    return out
 
 
 def _match_local(cost: jnp.ndarray, pair_mask: jnp.ndarray) -> jnp.ndarray:

@@ -37,7 +37,13 @@ def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNor
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """x / ||x|| along `axis` (as `x / x.norm(dim=-1, keepdim=True)` in the reference)."""
+    """x / ||x|| along `axis` (as `x / x.norm(dim=-1, keepdim=True)` in the reference).
+
+    Computed and returned in at least float32: the results feed the cosine classifiers, whose
+    logits are scaled by exp(logit_scale) ~ 14, so bfloat16 rounding (8-bit mantissa) would
+    move them by ~0.03.
+    """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return x / jnp.linalg.norm(x, axis=axis, keepdims=True)
 
 
@@ -49,7 +55,8 @@ class MultiheadAttention(nn.Module):
       dropout: dropout rate on the attention probabilities.
       qkv_init / out_init / bias_init: initializers (defaults: §1.8, packed xavier, zero
         biases).
-      dtype: computation dtype (softmax is always computed in float32).
+      dtype: computation dtype of the projections and of probs @ v. The attention logits are
+        accumulated and returned in float32 and the softmax runs in float32 whatever `dtype`.
     """
     num_heads: int
     dropout: float = 0.0
@@ -84,7 +91,9 @@ class MultiheadAttention(nn.Module):
         k = dense("k_proj", self.qkv_init)(key)
         v = dense("v_proj", self.qkv_init)(value)
         split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, head_dim))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)).astype(jnp.float32)
+        # float32 logits straight from the accumulator (no bfloat16 rounding before the softmax).
+        logits = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k),
+                            preferred_element_type=jnp.float32)
         allowed = _allowed(key_mask, attn_mask)
         if allowed is not None:
             logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)

@@ -58,6 +58,8 @@ class FrozenBatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (channels,))
         mean = self.param("mean", nn.initializers.zeros, (channels,))
         var = self.param("var", nn.initializers.ones, (channels,))
+        # The statistics and affine are float32 params; a bfloat16 x is promoted for the
+        # product and the result cast back to the computation dtype.
         mult = scale * jax.lax.rsqrt(var + self.eps)
         return (x * mult + (bias - mean * mult)).astype(self.dtype)
 

@@ -198,6 +198,7 @@ class CLIP(nn.Module):
     Attributes:
       spec: ClipSpec sizes.
       logit_scale_init: initial value of the (unused) CLIP `logit_scale`, ln(1/0.07).
+      dtype: computation dtype of the towers (the two projections always run in float32).
     """
     spec: ClipSpec
     logit_scale_init: float
@@ -207,9 +208,11 @@ class CLIP(nn.Module):
         s = self.spec
         self.vision_model = VisionTransformer(s, self.dtype)
         self.text_model = TextTransformer(s, self.dtype)
-        self.visual_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=self.dtype,
+        # The projections into the joint space run in float32 whatever `dtype`: their outputs
+        # are L2-normalised and compared by cosine with the text classifiers (§1.5.5, §1.6).
+        self.visual_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=jnp.float32,
                                           kernel_init=normal(s.vision_width ** -0.5))
-        self.text_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=self.dtype,
+        self.text_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=jnp.float32,
                                         kernel_init=normal(s.text_width ** -0.5))
         # Part of the checkpoint layout; HOICLIP has its own logit scales.
         self.logit_scale = self.param("logit_scale",

@@ -38,6 +38,11 @@ from hoiclip_jax.models.tokenizer import build_tokenizer
 
 
 STANDARD_NORMAL = nn.initializers.normal(1.0)
+# The heads (box MLPs, object and HOI classifiers, verb adapter) always compute in float32: they
+# are a tiny share of the FLOPs (a few [L, B, 2N, D] matmuls) and feed the losses and the matcher
+# directly. In bfloat16 (8-bit mantissa) the sigmoid boxes would be rounded to steps of 2e-3 to
+# 4e-3 (1.5-3 pixels at 800) and the cosine logits, scaled by exp(logit_scale) ~ 14, to ~0.03.
+HEAD_DTYPE = jnp.float32
 
 
 def _torch_dense(features: int, fan_in: int, use_bias: bool = True, **kwargs) -> nn.Dense:
@@ -78,7 +83,10 @@ class HOICLIP(nn.Module):
         matrix (`verb2hoi_entries` below).
       encoder_input_pos: also add the sine positions to the encoder input (not in the reference;
         see config.model.encoder_input_pos).
-      dtype: computation dtype (params are float32; outputs are cast to float32).
+      dtype: computation dtype of the backbone, the transformers and the CLIP towers. Params
+        are float32 whatever it is (flax `param_dtype`); norm statistics, attention softmax and
+        the sine positions are float32 inside those modules; the heads (`HEAD_DTYPE`) and the
+        outputs are float32.
     """
     backbone_spec: BackboneSpec
     clip_spec: ClipSpec
@@ -117,20 +125,20 @@ class HOICLIP(nn.Module):
         self.query_embed_o = nn.Embed(self.num_queries, d, embedding_init=STANDARD_NORMAL)
         self.pos_guided_embed = nn.Embed(self.num_queries, d,
                                          embedding_init=nn.initializers.uniform(1.0))
-        self.hum_bbox_embed = MLP(d, 4, 3, dt)
-        self.obj_bbox_embed = MLP(d, 4, 3, dt)
-        self.obj_class_fc = _torch_dense(e, d, dtype=dt)
-        self.obj_class_ln = layer_norm(dtype=dt)
+        self.hum_bbox_embed = MLP(d, 4, 3, HEAD_DTYPE)
+        self.obj_bbox_embed = MLP(d, 4, 3, HEAD_DTYPE)
+        self.obj_class_fc = _torch_dense(e, d, dtype=HEAD_DTYPE)
+        self.obj_class_ln = layer_norm(dtype=HEAD_DTYPE)
         self.obj_logit_scale = self.param("obj_logit_scale", scale_init, ())
-        self.obj_visual_projection = _torch_dense(self.num_obj_logits, e, dtype=dt)
+        self.obj_visual_projection = _torch_dense(self.num_obj_logits, e, dtype=HEAD_DTYPE)
         self.clip = CLIP(self.clip_spec, self.logit_scale_init, dt)
         self.interaction = InteractionDecoder(
                 self.clip_spec.vision_width, self.inter_dec_layers, self.inter_nheads,
                 self.inter_dim_feedforward, self.dropout, self.q_inter, dt)
         self.logit_scale = self.param("logit_scale", scale_init, ())
-        self.inter2verb = MLP(d, e, 3, dt)
-        self.hoi_visual_projection = _torch_dense(self.num_hois, e, dtype=dt)
-        self.verb_projection = _torch_dense(self.num_verbs, e, use_bias=False, dtype=dt)
+        self.inter2verb = MLP(d, e, 3, HEAD_DTYPE)
+        self.hoi_visual_projection = _torch_dense(self.num_hois, e, dtype=HEAD_DTYPE)
+        self.verb_projection = _torch_dense(self.num_verbs, e, use_bias=False, dtype=HEAD_DTYPE)
 
     def __call__(self, image, pixel_mask, clip_image, train: bool = False):
         """Runs HOICLIP.
@@ -174,6 +182,8 @@ class HOICLIP(nn.Module):
         """
         feats = self.backbone(image)
         mask = downsample_mask(pixel_mask, feats.shape[1:3])
+        # Built in float32: in bfloat16 the normalised positions (up to 2 pi, steps of 2 pi / w)
+        # would be rounded to ~0.03 before sin/cos. Cast only to be added to the activations.
         pos = sine_position_embedding(mask, self.hidden_dim // 2).astype(self.dtype)
         src = self.input_proj(feats)
         batch = src.shape[0]
@@ -359,9 +369,14 @@ def init_params(model: HOICLIP, rng, config, tables) -> dict:
     config.model.classifier_random_bias is False, which zeroes them; verb_projection/kernel =
     E_v^T.
 
+    The params are float32 and do not depend on `model.dtype`: initialisation (the text tower
+    that builds the classifiers included) runs on a float32 copy of the model, so a bfloat16 run
+    starts from exactly the parameters of a float32 run.
+
     Returns:
       the params dict (the 'params' collection).
     """
+    model = model.clone(dtype=jnp.float32)
     params = dict(random_params(model, rng, config.dataset))
     if config.model.clip.weights:
         params["clip"] = clip_weights.params_for_config(config.model.clip, params["clip"])
