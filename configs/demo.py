@@ -26,6 +26,7 @@ def get_config():
     d.max_pairs = 8
     d.clip_image_size = 64
     d.color_jitter = 0.1
+    d.augmentation = "light"  # the augmentation the demo was measured with
 
     m = config.model
     m.backbone.stage_sizes = (1, 1)  # 2 stages: stride 8, 8x8 tokens on the 64 canvas

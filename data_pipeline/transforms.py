@@ -1,17 +1,31 @@
 """Builds one training or test example (the table of docs/design.md) from an image and a record.
 
-A reduced version of the reference augmentation (§3.3): random horizontal flip, colour jitter
-and a random short-side resize capped by `max_side`; random crops and the two-branch multi-scale
-choice come later. Each step maps a `Sample` (PIL image + boxes in its pixels) to a new one, so a
-step is added by writing one function and listing it in `train_example`.
+Training augmentation, chosen by `dataset.augmentation`:
+  'reference'  the reference pipeline (§3.3): keep the first `max_boxes` boxes; horizontal flip
+               (`flip_prob`); torchvision ColorJitter(b, c, s) with b = c = s = `color_jitter`;
+               then, with probability `multiscale_prob`, a multi-scale resize (short side from
+               `train_short_sides`, long side <= `max_side`), otherwise resize (short side from
+               `crop_resize_sides`) -> random crop (width and height in `crop_size`) ->
+               multi-scale resize. A crop drops the boxes it leaves empty and their pairs.
+  'light'      flip, a float colour jitter and one multi-scale resize: the synthetic demo's
+               augmentation, kept bit for bit as the demo was measured with it
+               (tests/frozen_light_transforms.py).
+Test: short side to `test_short_side`, long side <= `max_side`. Every example is then
+normalised with the ImageNet mean/std and padded to a canvas with a pixel mask; its CLIP view is
+made from the augmented image; its pairs become padded cxcywh targets.
+
+Every random choice is drawn first, from the image size alone, into a `Plan`; applying the plan
+then touches the pixels. So an example's output size is known without decoding its image, and
+the loader pads each batch to the smallest of `dataset.buckets` that holds it (`batch_canvas`).
 
 Boxes are xyxy in pixel edges of the current image (a box [0, 0, w, h] covers the whole image).
 """
 import dataclasses
 import logging
+from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from data_pipeline.class_tables import ClassTables
 from data_pipeline.hico_reader import HoiRecord
@@ -21,6 +35,12 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL's 'L' mode
+# [3, 256] f32: (v / 255 - mean) / std of each channel c and 8-bit value v (ToTensor + Normalize).
+_NORMALIZED = ((np.arange(256, dtype=np.float32)[:, None] / 255.0 - IMAGENET_MEAN)
+               / IMAGENET_STD).T.copy()
+# torchvision's PIL ColorJitter ops, indexed as Plan.jitter's op: brightness blends with black,
+# contrast with the rounded mean grey level, saturation with the grey image.
+_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,28 +59,182 @@ class Sample:
     hois: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The random choices of one training example, drawn before any pixel is touched.
+
+    Attributes:
+        flip: mirror left-right first.
+        jitter: (op, factor) in the order applied; op 0 brightness, 1 contrast, 2 saturation.
+        geometry: steps in order: ('resize', (w, h)) or ('crop', (left, top, w, h)).
+        size: (w, h) of the image after the last step.
+    """
+    flip: bool
+    jitter: tuple
+    geometry: tuple
+    size: tuple[int, int]
+
+
+# ----------------------------------------------------------------------------- entry points
 def train_example(image: Image.Image, record: HoiRecord, tables: ClassTables, dataset_config,
-                  rng: np.random.Generator) -> dict:
-    """One augmented training example; all randomness comes from `rng`."""
+                  rng: np.random.Generator, canvas: Optional[Sequence[int]] = None,
+                  out: Optional[np.ndarray] = None) -> dict:
+    """One augmented training example; all randomness comes from `rng`.
+
+    `canvas` (H, W) is the padded image size (default `dataset.canvas`); the loader passes the
+    batch's bucket. `out`: see `finalize`.
+    """
     d = dataset_config
-    sample = sanitize(Sample(image, record.boxes, record.box_labels, record.hois))
-    sample = random_flip(sample, rng, d.flip_prob)
-    sample = color_jitter(sample, rng, d.color_jitter)
-    short = int(d.train_short_sides[rng.integers(len(d.train_short_sides))])
-    sample = resize(sample, short, d.max_side)
-    return finalize(sample, image.size[::-1], record, tables, d)
+    sample = Sample(image, record.boxes, record.box_labels, record.hois)
+    if d.augmentation == "reference":
+        sample = sanitize(first_boxes(sample, d.max_boxes))
+        sample = apply_plan(sample, reference_plan(rng, *sample.image.size, d), enhance)
+    else:
+        _check_augmentation(d)
+        sample = sanitize(sample)
+        sample = apply_plan(sample, light_plan(rng, *sample.image.size, d), float_jitter)
+    return finalize(sample, image.size[::-1], record, tables, d, canvas, out)
 
 
-def test_example(image: Image.Image, record: HoiRecord, tables: ClassTables,
-                 dataset_config) -> dict:
+def test_example(image: Image.Image, record: HoiRecord, tables: ClassTables, dataset_config,
+                 canvas: Optional[Sequence[int]] = None,
+                 out: Optional[np.ndarray] = None) -> dict:
     """One deterministic test example: resize to `test_short_side` (capped by `max_side`)."""
     d = dataset_config
     sample = sanitize(Sample(image, record.boxes, record.box_labels, record.hois))
-    sample = resize(sample, d.test_short_side, d.max_side)
-    return finalize(sample, image.size[::-1], record, tables, d)
+    sample = resize(sample, test_output_size(image.size, d))
+    return finalize(sample, image.size[::-1], record, tables, d, canvas, out)
+
+
+def train_output_size(image_size: tuple[int, int], dataset_config,
+                      rng: np.random.Generator) -> tuple[int, int]:
+    """(w, h) that `train_example` gives an image of `image_size` (w, h) with this `rng` state."""
+    d = dataset_config
+    make_plan = reference_plan if d.augmentation == "reference" else light_plan
+    _check_augmentation(d)
+    return make_plan(rng, *image_size, d).size
+
+
+def test_output_size(image_size: tuple[int, int], dataset_config) -> tuple[int, int]:
+    """(w, h) that `test_example` gives an image of `image_size` (w, h)."""
+    d = dataset_config
+    return resized_size(*image_size, d.test_short_side, d.max_side)
+
+
+def batch_canvas(sizes: Sequence[tuple[int, int]], dataset_config) -> tuple[int, int]:
+    """(H, W): the smallest by area (ties: first listed) of `dataset.buckets` and
+    `dataset.canvas` that holds every (w, h) of `sizes` (the output sizes of one batch).
+
+    The canvas is the largest shape: a bucket that does not fit inside it is never chosen (so a
+    config that shrinks the canvas need not clear the buckets).
+    """
+    d = dataset_config
+    need_w, need_h = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    canvas_h, canvas_w = d.canvas
+    shapes = [tuple(b) for b in d.buckets if b[0] <= canvas_h and b[1] <= canvas_w]
+    for h, w in sorted(shapes + [(canvas_h, canvas_w)], key=lambda s: s[0] * s[1]):
+        if h >= need_h and w >= need_w:
+            return int(h), int(w)
+    raise ValueError(f"a batch needs a {need_h}x{need_w} canvas, larger than dataset.canvas "
+                     f"{tuple(d.canvas)} and every dataset.buckets entry; raise the canvas or "
+                     f"lower dataset.max_side ({d.max_side})")
+
+
+def check_dataset_config(dataset_config) -> None:
+    """Raises ValueError naming the field when the transform fields are inconsistent."""
+    d = dataset_config
+    _check_augmentation(d)
+    for bucket in d.buckets:
+        if len(bucket) != 2 or min(bucket) <= 0 or any(int(s) != s for s in bucket):
+            raise ValueError(f"dataset.buckets entry {tuple(bucket)}: must be (H, W), two "
+                             f"positive integers")
+    if d.augmentation == "reference":
+        lo, hi = d.crop_size
+        if not 0 < lo <= hi or lo > min(d.crop_resize_sides):
+            raise ValueError(f"dataset.crop_size {tuple(d.crop_size)}: needs 0 < min <= max and "
+                             f"min <= every dataset.crop_resize_sides {d.crop_resize_sides}")
+        if not 0.0 <= d.multiscale_prob <= 1.0:
+            raise ValueError(f"dataset.multiscale_prob {d.multiscale_prob} is not a probability")
+
+
+def _check_augmentation(d) -> None:
+    if d.augmentation not in ("reference", "light"):
+        raise ValueError(f"dataset.augmentation {d.augmentation!r}: expected 'reference' or "
+                         f"'light'")
+
+
+# ----------------------------------------------------------------------------- plans
+def reference_plan(rng: np.random.Generator, width: int, height: int, dataset_config) -> Plan:
+    """The random choices of the reference augmentation (§3.3) for a `width` x `height` image.
+
+    RandomSizeCrop draws the crop's width in [lo, min(image width, hi)] and height likewise
+    (bounds included), then its top-left corner uniformly, as DETR's transforms.
+    """
+    d = dataset_config
+    flip = bool(rng.random() < d.flip_prob)
+    order = rng.permutation(3)  # torchvision ColorJitter draws the order, then the factors
+    factors = _jitter_factors(rng, d.color_jitter)
+    jitter = tuple((int(op), float(factors[op])) for op in order) if d.color_jitter > 0 else ()
+    if rng.random() < d.multiscale_prob:
+        size = resized_size(width, height, _choice(rng, d.train_short_sides), d.max_side)
+        return Plan(flip, jitter, (("resize", size),), size)
+    first = resized_size(width, height, _choice(rng, d.crop_resize_sides), None)
+    lo, hi = d.crop_size
+    crop_w = int(rng.integers(lo, min(first[0], hi) + 1))
+    crop_h = int(rng.integers(lo, min(first[1], hi) + 1))
+    top = int(rng.integers(0, first[1] - crop_h + 1))
+    left = int(rng.integers(0, first[0] - crop_w + 1))
+    size = resized_size(crop_w, crop_h, _choice(rng, d.train_short_sides), d.max_side)
+    return Plan(flip, jitter, (("resize", first), ("crop", (left, top, crop_w, crop_h)),
+                               ("resize", size)), size)
+
+
+def light_plan(rng: np.random.Generator, width: int, height: int, dataset_config) -> Plan:
+    """The random choices of the 'light' augmentation, drawn in the order of the code the demo
+    was measured with: flip, jitter factors, jitter order, short side."""
+    d = dataset_config
+    flip = bool(rng.random() < d.flip_prob)
+    jitter = ()
+    if d.color_jitter > 0:
+        factors = rng.uniform(max(0.0, 1 - d.color_jitter), 1 + d.color_jitter, size=3)
+        # numpy float64 factors, as that code used them (a Python float would round the float32
+        # pixels differently under numpy's promotion rules).
+        jitter = tuple((int(op), factors[op]) for op in rng.permutation(3))
+    size = resized_size(width, height, _choice(rng, d.train_short_sides), d.max_side)
+    return Plan(flip, jitter, (("resize", size),), size)
+
+
+def _jitter_factors(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """[3] brightness, contrast, saturation factors, uniform in [max(0, 1 - s), 1 + s]."""
+    if strength <= 0:
+        return np.ones(3)
+    return rng.uniform(max(0.0, 1 - strength), 1 + strength, size=3)
+
+
+def _choice(rng: np.random.Generator, values: Sequence[int]) -> int:
+    return int(values[rng.integers(len(values))])
+
+
+def apply_plan(sample: Sample, plan: Plan,
+               jitter: Callable[[Sample, tuple], Sample]) -> Sample:
+    """Flip, colour jitter (`jitter(sample, plan.jitter)`), then the geometry steps."""
+    if plan.flip:
+        sample = flip(sample)
+    sample = jitter(sample, plan.jitter)
+    for kind, arg in plan.geometry:
+        sample = resize(sample, arg) if kind == "resize" else crop(sample, arg)
+    return sample
 
 
 # ----------------------------------------------------------------------------- steps
+def first_boxes(sample: Sample, n: int) -> Sample:
+    """Keeps the first `n` boxes (all if n <= 0) and the HOIs among them: the reference trains
+    on at most num_queries boxes of an image, taken in annotation order (§3.3)."""
+    if n <= 0 or len(sample.boxes) <= n:
+        return sample
+    return _keep_boxes(sample, np.arange(len(sample.boxes)) < n)
+
+
 def sanitize(sample: Sample) -> Sample:
     """Clamps boxes to the image, drops empty ones and the HOIs that refer to them (§3.3)."""
     w, h = sample.image.size
@@ -68,19 +242,23 @@ def sanitize(sample: Sample) -> Sample:
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if keep.all():
         return dataclasses.replace(sample, boxes=boxes)
+    return _keep_boxes(dataclasses.replace(sample, boxes=boxes), keep)
+
+
+def _keep_boxes(sample: Sample, keep: np.ndarray) -> Sample:
+    """Keeps the boxes where `keep` [n] bool is True, re-indexes the HOIs and drops those that
+    lose their subject or their object (an HOI without object, index -1, stays)."""
     new_index = np.full(len(keep) + 1, -2, np.int32)  # entry -1 maps 'no object' to itself
     new_index[np.flatnonzero(keep)] = np.arange(keep.sum())
     new_index[-1] = -1
     hois = sample.hois.copy()
     hois[:, 0], hois[:, 1] = new_index[hois[:, 0]], new_index[hois[:, 1]]
     hois = hois[(hois[:, 0] >= 0) & (hois[:, 1] >= -1)]
-    return Sample(sample.image, boxes[keep], sample.labels[keep], hois)
+    return Sample(sample.image, sample.boxes[keep], sample.labels[keep], hois)
 
 
-def random_flip(sample: Sample, rng: np.random.Generator, prob: float) -> Sample:
-    """Mirrors the image left-right with probability `prob` (HICO verbs have no side)."""
-    if rng.random() >= prob:
-        return sample
+def flip(sample: Sample) -> Sample:
+    """Mirrors the image left-right (HICO verbs have no side)."""
     w = sample.image.size[0]
     boxes = sample.boxes.copy()
     boxes[:, 0], boxes[:, 2] = w - sample.boxes[:, 2], w - sample.boxes[:, 0]
@@ -88,15 +266,21 @@ def random_flip(sample: Sample, rng: np.random.Generator, prob: float) -> Sample
     return dataclasses.replace(sample, image=image, boxes=boxes)
 
 
-def color_jitter(sample: Sample, rng: np.random.Generator, strength: float) -> Sample:
-    """Brightness, contrast and saturation factors in [1 - s, 1 + s], applied in random order
-    (torchvision ColorJitter(s, s, s), hue untouched)."""
-    if strength <= 0:
+def enhance(sample: Sample, jitter: tuple) -> Sample:
+    """torchvision ColorJitter on a PIL image: each (op, factor) in turn with PIL ImageEnhance,
+    8-bit after every op (the reference's integer rounding and clipping)."""
+    image = sample.image
+    for op, factor in jitter:
+        image = _ENHANCERS[op](image).enhance(factor)
+    return dataclasses.replace(sample, image=image)
+
+
+def float_jitter(sample: Sample, jitter: tuple) -> Sample:
+    """The 'light' colour jitter: the same three blends in float, rounded to 8 bits once."""
+    if not jitter:
         return sample
     x = np.asarray(sample.image, np.float32)
-    factors = rng.uniform(max(0.0, 1 - strength), 1 + strength, size=3)
-    for op in rng.permutation(3):
-        f = factors[op]
+    for op, f in jitter:
         if op == 0:    # brightness: blend with black
             x = x * f
         elif op == 1:  # contrast: blend with the mean grey level
@@ -108,19 +292,22 @@ def color_jitter(sample: Sample, rng: np.random.Generator, strength: float) -> S
     return dataclasses.replace(sample, image=image)
 
 
-def resized_size(w: int, h: int, short: int, max_side: int) -> tuple[int, int]:
-    """(new_w, new_h): short side to `short`, aspect kept, long side at most `max_side`."""
+def resized_size(w: int, h: int, short: int, max_side: Optional[int]) -> tuple[int, int]:
+    """(new_w, new_h): short side to `short`, aspect kept, long side at most `max_side` (None:
+    no cap). As DETR's resize, except that the long side is also capped after rounding."""
     lo, hi = min(w, h), max(w, h)
-    if hi * short > max_side * lo:  # the long side would exceed max_side: shrink the target
+    if max_side is not None and hi * short > max_side * lo:  # the long side would be too long
         short = int(round(max_side * lo / hi))
-    long = min(max_side, int(short * hi / lo))
+    long = int(short * hi / lo)
+    if max_side is not None:
+        long = min(max_side, long)
     return (short, long) if w <= h else (long, short)
 
 
-def resize(sample: Sample, short: int, max_side: int) -> Sample:
-    """Bilinear resize of the image (`resized_size`) with the boxes scaled to match."""
+def resize(sample: Sample, size: tuple[int, int]) -> Sample:
+    """Bilinear resize of the image to `size` (w, h) with the boxes scaled to match."""
     w, h = sample.image.size
-    new_w, new_h = resized_size(w, h, short, max_side)
+    new_w, new_h = size
     if (new_w, new_h) == (w, h):
         return sample
     scale = np.array([new_w / w, new_h / h] * 2, np.float32)
@@ -128,24 +315,43 @@ def resize(sample: Sample, short: int, max_side: int) -> Sample:
                                boxes=sample.boxes * scale)
 
 
+def crop(sample: Sample, region: tuple[int, int, int, int]) -> Sample:
+    """Crops (left, top, w, h); boxes are shifted, clamped to the crop, and those left empty are
+    dropped with their HOIs (the reference drops the pairs whose box a crop removes)."""
+    left, top, w, h = region
+    image = sample.image.crop((left, top, left + w, top + h))
+    boxes = sample.boxes - np.array([left, top, left, top], np.float32)
+    return sanitize(dataclasses.replace(sample, image=image, boxes=boxes))
+
+
 # ----------------------------------------------------------------------------- output
 def finalize(sample: Sample, orig_size: tuple[int, int], record: HoiRecord, tables: ClassTables,
-             dataset_config) -> dict:
+             dataset_config, canvas: Optional[Sequence[int]] = None,
+             out: Optional[np.ndarray] = None) -> dict:
     """The example dict: normalised padded image, pixel mask, CLIP view and padded pair targets.
 
-    `orig_size` is the (h, w) of the decoded image before any step.
+    `orig_size` is the (h, w) of the decoded image before any step; `canvas` (H, W) the padded
+    size (default `dataset.canvas`). `out`, if given, is a zero-filled [H, W, 3] f32 array that
+    becomes `image` (the loader passes a row of its batch array, saving a copy of the image).
     """
     d = dataset_config
     sample = sanitize(sample)
     w, h = sample.image.size
-    canvas_h, canvas_w = d.canvas
+    canvas_h, canvas_w = d.canvas if canvas is None else canvas
     if h > canvas_h or w > canvas_w:
         raise ValueError(f"{record.file_name} (record {record.image_id}): resized image {h}x{w} "
-                         f"does not fit dataset.canvas {canvas_h}x{canvas_w}; raise the canvas "
-                         f"or lower dataset.max_side ({d.max_side})")
-    pixels = (np.asarray(sample.image, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    image = np.zeros((canvas_h, canvas_w, 3), np.float32)
-    image[:h, :w] = pixels
+                         f"does not fit the canvas {canvas_h}x{canvas_w} (dataset.canvas or a "
+                         f"bucket); raise the canvas or lower dataset.max_side ({d.max_side})")
+    if out is None:
+        image = np.zeros((canvas_h, canvas_w, 3), np.float32)
+    elif out.shape == (canvas_h, canvas_w, 3) and out.dtype == np.float32:
+        image = out
+    else:
+        raise ValueError(f"out: {out.shape} {out.dtype}, expected ({canvas_h}, {canvas_w}, 3) "
+                         f"float32")
+    pixels = np.asarray(sample.image)
+    for c in range(3):  # a table look-up: 3x faster than the arithmetic, and the same floats
+        image[:h, :w, c] = _NORMALIZED[c][pixels[..., c]]
     pixel_mask = np.zeros((canvas_h, canvas_w), bool)
     pixel_mask[:h, :w] = True
     example = {"image": image, "pixel_mask": pixel_mask,

@@ -1,11 +1,13 @@
-"""Loader: contract shapes, determinism, disjoint process shards, padded evaluation."""
+"""Loader: contract shapes, determinism, disjoint process shards, padded evaluation, buckets,
+resuming at a step, the demo's batches unchanged."""
 import os
 
 import numpy as np
 import pytest
 
 from configs import demo
-from data_pipeline import class_tables, hico_reader, loader, synthetic
+from data_pipeline import class_tables, hico_reader, loader, synthetic, transforms
+from tests import frozen_light_transforms as frozen
 
 CONTRACT = {"image": ((128, 128, 3), np.float32), "pixel_mask": ((128, 128), bool),
             "clip_image": ((64, 64, 3), np.float32), "sub_boxes": ((8, 4), np.float32),
@@ -32,11 +34,24 @@ def data(tmp_path_factory):
     return config, tables, train, test, os.path.join(out, "images")
 
 
-def train_list(data, batch=4, seed=0, epoch=0, process_index=0, process_count=1):
-    config, tables, train, _, images = data
+def train_list(data, batch=4, seed=0, epoch=0, process_index=0, process_count=1, config=None,
+               images=None, start_step=0):
+    default_config, tables, train, _, image_root = data
     return list(loader.train_batches(
-        train, tables, config, os.path.join(images, "train2015"), global_batch_size=batch,
-        seed=seed, epoch=epoch, process_index=process_index, process_count=process_count))
+        train, tables, config or default_config, images or os.path.join(image_root, "train2015"),
+        global_batch_size=batch, seed=seed, epoch=epoch, process_index=process_index,
+        process_count=process_count, start_step=start_step))
+
+
+def bucketed(data):
+    """The reference augmentation at the synthetic images' scale, with buckets."""
+    config = data[0].copy_and_resolve_references()
+    config.augmentation = "reference"
+    config.train_short_sides, config.max_side, config.canvas = (64, 80, 96, 112), 128, (128, 128)
+    config.crop_resize_sides, config.crop_size = (60, 70, 80), (48, 80)
+    config.test_short_side = 96
+    config.buckets = ((80, 112), (112, 80), (112, 112))
+    return config
 
 
 def eval_list(data, batch, process_index=0, process_count=1):
@@ -123,14 +138,71 @@ def test_bad_batch_layouts_are_errors(data):
 
 
 def test_worker_processes_give_the_same_batches(data):
-    config, tables, train, _, images = data
-    threads = train_list(data, batch=4, seed=4)
+    config = bucketed(data)
+    threads = train_list(data, batch=4, seed=4, config=config)
     workers = config.copy_and_resolve_references()
-    workers.num_workers = 2
-    batches = list(loader.train_batches(
-        train, tables, workers, os.path.join(images, "train2015"), global_batch_size=4, seed=4,
-        epoch=0))
+    workers.num_workers, workers.num_threads = 2, 1
+    batches = train_list(data, batch=4, seed=4, config=workers)
     assert len(batches) == len(threads)
     for a, b in zip(threads, batches):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_demo_batches_are_the_frozen_light_examples(data):
+    """The demo's batches: each row is the frozen (pre-'reference') example of its record with
+    the generator of (seed, epoch, record index)."""
+    config, tables, train, _, images = data
+    assert config.augmentation == "light" and not config.buckets
+    by_id = {r.image_id: r for r in train}
+    for batch in train_list(data, batch=4, seed=5, epoch=2)[:3]:
+        for row, image_id in enumerate(batch["image_id"].tolist()):
+            record = by_id[image_id]
+            image = loader.load_image(os.path.join(images, "train2015"), record)
+            old = frozen.train_example(image, record, tables, config,
+                                       np.random.default_rng([5, 2, image_id]))
+            for k in old:
+                np.testing.assert_array_equal(batch[k][row], old[k], err_msg=k)
+
+
+def test_bucketed_batches_take_the_smallest_bucket_on_every_process(data):
+    config, (_, tables, train, test, images) = bucketed(data), data
+    whole = train_list(data, batch=4, seed=6, config=config)
+    shapes = {b["image"].shape[1:3] for b in whole}
+    assert len(shapes) > 1 and shapes <= {(80, 112), (112, 80), (112, 112), (128, 128)}
+    for batch in whole:
+        assert batch["image"].shape[1:3] == smallest_bucket(batch, config)
+    # Two processes: each sizes the other's images from their headers and pads to the same
+    # bucket, so the shards are the rows of the single-process batches.
+    shards = [train_list(data, batch=4, seed=6, process_index=p, process_count=2, config=config)
+              for p in range(2)]
+    # ... also when the images come from a callable without `size` (decoded for their size)
+    source = loader.FolderImages(os.path.join(images, "train2015"))
+    shards[1] = train_list(data, batch=4, seed=6, process_index=1, process_count=2,
+                           config=config, images=lambda record: source(record))
+    for j, batch in enumerate(whole):
+        for k in batch:
+            np.testing.assert_array_equal(np.concatenate([shards[0][j][k], shards[1][j][k]]),
+                                          batch[k])
+    evals = list(loader.eval_batches(test, tables, config, os.path.join(images, "test2015"),
+                                     global_batch_size=5))
+    assert all(b["image"].shape[1:3] == smallest_bucket(b, config) for b in evals)
+
+
+def smallest_bucket(batch, config):
+    """The bucket `batch_canvas` picks for the batch's resized sizes (read from its masks)."""
+    h = batch["pixel_mask"].any(axis=2).sum(axis=1)  # [b] resized heights
+    w = batch["pixel_mask"].any(axis=1).sum(axis=1)
+    return transforms.batch_canvas(list(zip(w.tolist(), h.tolist())), config)
+
+
+def test_start_step_resumes_the_epoch(data):
+    config = bucketed(data)
+    whole = train_list(data, batch=4, seed=7, epoch=1, config=config)
+    tail = train_list(data, batch=4, seed=7, epoch=1, config=config, start_step=3)
+    assert len(tail) == len(whole) - 3
+    for a, b in zip(whole[3:], tail):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert train_list(data, batch=4, config=config, start_step=len(whole)) == []
+    with pytest.raises(ValueError, match="start_step"):
+        train_list(data, batch=4, config=config, start_step=len(whole) + 1)
