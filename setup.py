@@ -11,6 +11,6 @@ setup(
     install_requires=[
         "jax>=0.11.2", "jaxlib>=0.11.2", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
         "ml_collections", "tensorflow-datasets", "importlib_resources", "grain", "array-record",
-        "pillow", "tqdm", "transformers", "safetensors",
+        "pillow", "tqdm", "tensorboardX", "transformers", "safetensors",
     ],
 )

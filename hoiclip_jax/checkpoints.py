@@ -1,10 +1,19 @@
-"""Orbax checkpoints of the train state in `<workdir>/checkpoints/<step>/`.
+"""Orbax checkpoints of the train state: the latest k in `<workdir>/checkpoints/<step>/`, the best
+by validation mAP in `<workdir>/best/<step>/`.
 
-Saves are asynchronous and atomic (orbax writes to a temporary folder and renames it when the
-write has committed), so a run killed mid-save keeps its previous checkpoints. The config of the
-run is written once as `<workdir>/config.json` for `load_checkpoint` and for people.
+Saves are asynchronous and atomic: orbax writes to a temporary folder and renames it once the
+write has committed, so a run killed mid-save keeps its previous checkpoints; the temporary
+folder such a kill leaves behind is deleted when the next run opens the folder
+(`cleanup_tmp_directories`). The best checkpoint lives in its own folder with its own manager, so
+the keep-last-k rule of `checkpoints/` can never delete it, and resuming always reads
+`checkpoints/` (the latest state), never `best/`.
+
+Each checkpoint holds the state (`state`) and a small JSON (`meta`) with what is needed to
+continue the data stream exactly (see `data_meta`). The config of the run is written once as
+`<workdir>/config.json` for `load_checkpoint` and for people.
 """
 import json
+import math
 import os
 from typing import Any, Optional
 
@@ -12,16 +21,35 @@ import jax
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
 CONFIG_FILE = "config.json"
+# Fields of the checkpoint meta that must equal the current run's for the data stream to continue
+# where it stopped: the order of epoch e is a permutation fixed by (seed, e) over the training
+# records, cut into batches of batch_size (loader.train_batches).
+DATA_FIELDS = ("seed", "batch_size", "num_train", "steps_per_epoch")
+
+
+def _manager(directory: str, keep: int, read_only: bool = False,
+             **best) -> ocp.CheckpointManager:
+    # A reader (e.g. evaluation during a run) must not delete the temporary folder of a save in
+    # progress, so only a writer cleans up.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
+                                           cleanup_tmp_directories=not read_only, **best)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _save_args(state: Any, meta: dict) -> ocp.args.Composite:
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
 
 class Checkpointer:
     """Saves and restores `{'step', 'trainable', 'frozen', 'opt_state', 'rng'}` train states."""
 
-    def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+    def __init__(self, workdir: str, keep: int, subdir: str = CHECKPOINT_DIR,
+                 read_only: bool = False):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
+        self._manager = _manager(self.directory, keep, read_only)
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -30,9 +58,9 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Starts an asynchronous save; the caller may keep training (and donate `state`)."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        """Starts an asynchronous save; the caller may keep training (and donate `state`): the
+        device-to-host copy is done when this returns, the file writes go on in a thread."""
+        self._manager.save(step, args=_save_args(state, meta), force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores `step` into the shapes, dtypes and shardings of `abstract_state`."""
@@ -40,12 +68,74 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
+    def restore_meta(self, step: int) -> dict:
+        """Only the JSON meta of `step` (no arrays are read)."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+class BestCheckpointer:
+    """Keeps the one train state with the highest validation mAP in `<workdir>/best/<step>/`.
+
+    `save_if_better` writes only when the mAP beats the kept one (strictly: a rerun of the same
+    epoch after a kill gives the same mAP and does not write again); orbax then deletes the older
+    folder (`best_fn` on the saved metrics, one kept).
+    """
+
+    def __init__(self, workdir: str):
+        self.directory = os.path.abspath(os.path.join(workdir, BEST_DIR))
+        self._manager = _manager(self.directory, 1, best_fn=lambda m: m["mAP"], best_mode="max",
+                                 keep_checkpoints_without_metrics=False)
+        self._best = None  # (step, mAP), read from the folder on first use
+
+    def best(self) -> tuple[Optional[int], float]:
+        """(step, mAP) of the kept checkpoint; (None, -inf) when there is none."""
+        if self._best is None:
+            step = self._manager.best_step()
+            self._best = (None, -math.inf) if step is None else (
+                step, float(self._manager.metrics(step)["mAP"]))
+        return self._best
+
+    def save_if_better(self, step: int, state: Any, meta: dict, mAP: float) -> bool:
+        """Saves `state` when `mAP` (a fraction; NaN never wins) beats the kept one."""
+        if not mAP > self.best()[1]:
+            return False
+        self._manager.save(step, args=_save_args(state, meta), metrics={"mAP": float(mAP)},
+                           force=True)
+        self._best = (step, float(mAP))
+        return True
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def data_meta(seed: int, batch_size: int, num_train: int, steps_per_epoch: int) -> dict:
+    """The part of the checkpoint meta that fixes the data stream (`DATA_FIELDS`)."""
+    return {"seed": int(seed), "batch_size": int(batch_size), "num_train": int(num_train),
+            "steps_per_epoch": int(steps_per_epoch)}
+
+
+def check_data_meta(saved: dict, expected: dict, where: str) -> None:
+    """Raises a ValueError naming every `DATA_FIELDS` entry that differs between the checkpoint
+    at `where` and the current run: resuming would then not continue the same data order."""
+    missing = [k for k in DATA_FIELDS if k not in saved]
+    if missing:
+        raise ValueError(f"{where}: the checkpoint meta has no {missing} (written by an older "
+                         f"version?); cannot prove the data order continues. Use a new workdir.")
+    diff = [f"{k}: checkpoint {saved[k]} vs config {expected[k]}" for k in DATA_FIELDS
+            if saved[k] != expected[k]]
+    if diff:
+        raise ValueError(f"{where}: cannot resume, the data stream would change ("
+                         + "; ".join(diff) + "). Restore the config's values or use a new "
+                         "workdir.")
 
 
 def abstract_like(tree: Any, sharding) -> Any:

@@ -35,20 +35,29 @@ def build_state(config, tables, steps_per_epoch: int):
     return model, tx, schedules, train_step.init_state(trainable, frozen, tx, config.seed)
 
 
-def abstract_state(config, tables):
-    """(model, train-state shapes) without initialising or computing anything."""
+def build_abstract_state(config, tables, steps_per_epoch: int):
+    """Like `build_state` but the state is only shapes and dtypes (nothing is initialised or
+    computed): what a resumed run restores its checkpoint into."""
     model = hoiclip.build_model(config.model, tables)
     params = hoiclip.abstract_params(model, config.dataset)
-    # The step count per epoch only changes schedule constants, not the state's shapes.
-    trainable, frozen, tx, _ = _split_and_optimizer(config, params, steps_per_epoch=1)
+    trainable, frozen, tx, schedules = _split_and_optimizer(config, params, steps_per_epoch)
     state = jax.eval_shape(lambda t, f: train_step.init_state(t, f, tx, config.seed),
                            trainable, frozen)
+    return model, tx, schedules, state
+
+
+def abstract_state(config, tables):
+    """(model, train-state shapes) without initialising or computing anything."""
+    # The step count per epoch only changes schedule constants, not the state's shapes.
+    model, _, _, state = build_abstract_state(config, tables, steps_per_epoch=1)
     return model, state
 
 
-def restore_params(workdir: str, config, tables, mesh, step: Optional[int] = None):
-    """(model, params, step) from `step` (default: latest) of the workdir's checkpoints."""
-    ckpt = checkpoints.Checkpointer(workdir, keep=1_000_000)  # never deletes when reading
+def restore_params(workdir: str, config, tables, mesh, step: Optional[int] = None,
+                   subdir: str = checkpoints.CHECKPOINT_DIR):
+    """(model, params, step) from `step` (default: latest) of the workdir's checkpoints
+    (`subdir=checkpoints.BEST_DIR`: the best one by validation mAP)."""
+    ckpt = checkpoints.Checkpointer(workdir, keep=1, subdir=subdir, read_only=True)
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
