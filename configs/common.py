@@ -196,10 +196,13 @@ def train_config() -> mlc.ConfigDict:
     t = mlc.ConfigDict()
     t.batch_size = 16            # global batch (reference: 2 GPUs x 8)
     t.num_epochs = 90
-    t.log_every_steps = 50
-    t.checkpoint_every_steps = 1000
-    t.keep_checkpoints = 2
-    t.eval_every_epochs = 0      # 0: no evaluation during training
+    t.log_every_steps = 50       # progress bar, <workdir>/metrics.jsonl and tensorboard/
+    t.checkpoint_every_steps = 1000  # and at every epoch end (after that epoch's evaluation)
+    t.keep_checkpoints = 2       # the last k in <workdir>/checkpoints/ (training resumes there)
+    # Test-split mAP after every k-th epoch and after the last one, as the reference does every
+    # epoch (§4.1); the state with the best mAP is kept in <workdir>/best/, apart from the last
+    # k. 0: no evaluation during training.
+    t.eval_every_epochs = 0
     return t
 
 

@@ -10,7 +10,7 @@ the keep-last-k rule of `checkpoints/` can never delete it, and resuming always 
 
 Each checkpoint holds the state (`state`) and a small JSON (`meta`) with what is needed to
 continue the data stream exactly (see `data_meta`). The config of the run is written once as
-`<workdir>/config.json` for `load_checkpoint` and for people.
+`<workdir>/config.json` for people and tools.
 """
 import json
 import math
