@@ -33,11 +33,48 @@ def define_multihost_flag() -> flags.FlagHolder:
         "environment variable HOICLIP_MULTIHOST=1.")
 
 
+def _env_int(name: str):
+    """The integer in environment variable `name`, or None when it is unset or empty."""
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def distributed_args() -> dict:
+    """Arguments for `jax.distributed.initialize` from JAX_COORDINATOR_ADDRESS (host:port of
+    process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+
+    jax reads JAX_COORDINATOR_ADDRESS itself but not the other two: without them it only finds
+    the process count and id in a cluster it recognises (SLURM, Open MPI, Kubernetes, Cloud TPU).
+    Unset variables stay None so that this detection fills them.
+    """
+    args = {"coordinator_address": os.environ.get("JAX_COORDINATOR_ADDRESS") or None,
+            "num_processes": _env_int("JAX_NUM_PROCESSES"),
+            "process_id": _env_int("JAX_PROCESS_ID")}
+    if (args["num_processes"] is None) != (args["process_id"] is None):
+        raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID, or neither (got "
+                         f"{args['num_processes']} and {args['process_id']})")
+    return args
+
+
 def initialize_distributed(multihost: bool) -> None:
-    """Connects this process to the others of a multi-process run (no-op when not asked)."""
-    if multihost:
-        import jax
-        jax.distributed.initialize()
+    """Connects this process to the others of a multi-process run (no-op when not asked).
+
+    Must run before any other JAX call: the backend is created with the distributed client.
+    On CPU the cross-process collectives are gloo over TCP, jax's default
+    (`jax_cpu_collectives_implementation`); without a distributed client they would not exist.
+    """
+    if not multihost:
+        return
+    import jax
+    jax.distributed.initialize(**distributed_args())
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
 
 
 def setup_logging() -> None:

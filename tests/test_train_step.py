@@ -1,6 +1,8 @@
-"""The data-parallel step: sharding must not change the result; checkpoints round-trip."""
+"""The data-parallel step: the device count must not change the result; checkpoints round-trip."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from data_pipeline import class_tables
@@ -9,6 +11,8 @@ from hoiclip_jax import train_step as train_step_lib
 from tests import helpers
 
 GLOBAL_BATCH = 4
+NUM_STEPS = 3
+DEVICE_COUNTS = (1, 2, 4)
 
 
 @pytest.fixture(scope="module")
@@ -19,46 +23,132 @@ def setup(tmp_path_factory):
     model, tx, _, state = state_io.build_state(config, tables, steps_per_epoch=10)
     state = jax.device_get(state)  # host copy: each run donates its own device buffers
     batches = [helpers.random_batch(config, tables.num_hois, tables.num_verbs,
-                                    tables.num_objects, GLOBAL_BATCH, seed=s) for s in range(2)]
+                                    tables.num_objects, GLOBAL_BATCH, seed=s)
+               for s in range(NUM_STEPS)]
     return config, model, tx, state, batches
 
 
-def run_steps(setup, devices):
+def run_steps(setup, devices, loss_config=None, num_steps=NUM_STEPS):
+    """Trains `num_steps` steps on a mesh over `devices`: (final state, metrics of every step)."""
     config, model, tx, state, batches = setup
     mesh = sharding.make_mesh(devices)
     step_fn = train_step_lib.make_train_step(
-        model, tx, matching.build_matcher(config.matcher, mesh), config.loss, mesh)
-    state = sharding.put_replicated(state, mesh)
-    for batch in batches:
+        model, tx, matching.build_matcher(config.matcher, mesh), loss_config or config.loss, mesh)
+    state, history = sharding.put_replicated(state, mesh), []
+    for batch in batches[:num_steps]:
         state, metrics = step_fn(state, sharding.put_batch(batch, mesh))
-    return jax.device_get(state), jax.device_get(metrics)
+        history.append(jax.device_get(metrics))
+    return jax.device_get(state), history
 
 
-def test_sharded_step_equals_single_device_step(setup):
-    assert jax.device_count() >= 2, "tests/conftest.py should provide simulated devices"
-    single, single_metrics = run_steps(setup, jax.devices()[:1])
-    multi, multi_metrics = run_steps(setup, jax.devices()[:4])
-    assert int(multi["step"]) == int(single["step"]) == 2
-    np.testing.assert_allclose(multi_metrics["loss"], single_metrics["loss"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(single["trainable"]), jax.tree.leaves(multi["trainable"])):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-    # The step really trained: parameters moved away from the initial ones.
-    initial = setup[3]["trainable"]
-    moved = max(float(np.abs(a - b).max()) for a, b in
-                zip(jax.tree.leaves(initial), jax.tree.leaves(single["trainable"])))
-    assert moved > 1e-6
+@pytest.fixture(scope="module")
+def runs(setup):
+    """{device count: run_steps} on the first 1, 2 and 4 simulated devices (compiled once each)."""
+    assert jax.device_count() >= max(DEVICE_COUNTS), "tests/conftest.py sets simulated devices"
+    return {n: run_steps(setup, jax.devices()[:n]) for n in DEVICE_COUNTS}
 
 
-def test_checkpoint_round_trip(setup, tmp_path):
-    state, _ = run_steps(setup, jax.devices()[:2])
+def max_abs_diff(a, b) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("num_devices", DEVICE_COUNTS[1:])
+def test_device_count_does_not_change_parameters(runs, num_devices):
+    single, single_history = runs[1]
+    multi, multi_history = runs[num_devices]
+    assert int(multi["step"]) == int(single["step"]) == NUM_STEPS
+    for step, (a, b) in enumerate(zip(single_history, multi_history)):
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, err_msg=f"step {step}")
+    assert jax.tree.structure(multi) == jax.tree.structure(single)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single["trainable"]),
+                            jax.tree.leaves(multi["trainable"])):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+    for a, b in zip(jax.tree.leaves(single["opt_state"]), jax.tree.leaves(multi["opt_state"])):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_steps_really_train(setup, runs):
+    state, history = runs[1]
+    assert max_abs_diff(setup[3]["trainable"], state["trainable"]) > 1e-4
+    # Three different batches: the losses are distinct numbers, not one value repeated.
+    assert len({round(float(m["loss"]), 6) for m in history}) == NUM_STEPS
+
+
+class LinearStandIn:
+    """Stands in for HOICLIP in the step (compiles in a second): the model's outputs, [L, B, N,
+    ...], linear in the params on each image's mean colour."""
+
+    def __init__(self, layers: int, queries: int, num_hois: int, num_objects: int):
+        self.shapes = {"hoi_logits": num_hois, "obj_logits": num_objects + 1, "sub_boxes": 4,
+                       "obj_boxes": 4}
+        self.layers, self.queries = layers, queries
+
+    def init(self, rng) -> dict:
+        keys = jax.random.split(rng, len(self.shapes))
+        return {name: jax.random.normal(key, (self.layers, self.queries, 3, size))
+                for key, (name, size) in zip(keys, self.shapes.items())}
+
+    def apply(self, variables, image, pixel_mask, clip_image, train, rngs):
+        del pixel_mask, clip_image, train, rngs
+        colour = image.mean((1, 2))  # [B, 3]
+        out = {k: jnp.einsum("bc,lnco->lbno", colour, w) for k, w in variables["params"].items()}
+        return dict(out, sub_boxes=jax.nn.sigmoid(out["sub_boxes"]),
+                    obj_boxes=jax.nn.sigmoid(out["obj_boxes"]))
+
+
+def test_per_device_normalizer_follows_the_mesh(setup):
+    """A per_device step on 2 devices = the step whose loss has 2 normaliser groups on 1 device."""
+    config, _, _, _, batches = setup
+    loss_config = config.loss.copy_and_resolve_references()
+    loss_config.normalizer = "per_device"
+    tables = class_tables.load_class_tables(config.dataset)
+    model = LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
+    tx = optax.adamw(1e-2)
+    # A host copy: the trainer's step donates the device copy it is given.
+    initial = jax.device_get(
+        train_step_lib.init_state(model.init(jax.random.PRNGKey(0)), {}, tx, seed=0))
+
+    def first_step(devices, loss_groups=None):
+        mesh = sharding.make_mesh(devices)
+        matcher = matching.build_matcher(config.matcher, mesh)
+        if loss_groups is None:  # the trainer's step: groups = the mesh's size
+            step_fn = train_step_lib.make_train_step(model, tx, matcher, loss_config, mesh)
+        else:
+            loss_fn = train_step_lib.make_loss_fn(model, matcher, loss_config, loss_groups)
+
+            @jax.jit
+            def step_fn(state, batch):
+                grads, terms = jax.grad(loss_fn, has_aux=True)(
+                    state["trainable"], state["frozen"], batch, state["rng"])
+                updates, _ = tx.update(grads, state["opt_state"], state["trainable"])
+                return {"trainable": optax.apply_updates(state["trainable"], updates)}, terms
+        return jax.device_get(step_fn(sharding.put_replicated(initial, mesh),
+                                      sharding.put_batch(batches[0], mesh)))
+
+    sharded, sharded_terms = first_step(jax.devices()[:2])
+    expected, expected_terms = first_step(jax.devices()[:1], loss_groups=2)
+    unsplit, unsplit_terms = first_step(jax.devices()[:1], loss_groups=1)
+    for name, value in expected_terms.items():
+        np.testing.assert_allclose(sharded_terms[name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    assert max_abs_diff(expected["trainable"], sharded["trainable"]) <= 1e-6
+    # The batch is one where the scope matters: 1 group gives other losses and parameters.
+    for name in ("loss_hoi_labels", "loss_obj_ce"):
+        assert abs(float(unsplit_terms[name]) - float(expected_terms[name])) > 1e-4, name
+    assert max_abs_diff(unsplit["trainable"], sharded["trainable"]) > 1e-5
+
+
+def test_checkpoint_round_trip(runs, tmp_path):
+    state, _ = runs[2]
     mesh = sharding.make_mesh(jax.devices()[:2])
     ckpt = checkpoints.Checkpointer(str(tmp_path), keep=2)
-    ckpt.save(2, sharding.put_replicated(state, mesh), {"epoch": 0, "step": 2})
+    ckpt.save(NUM_STEPS, sharding.put_replicated(state, mesh),
+              {"epoch": 0, "step": NUM_STEPS})
     ckpt.wait()
     abstract = checkpoints.abstract_like(state, sharding.replicated(mesh))
     restored, meta = ckpt.restore(ckpt.latest_step(), abstract)
     ckpt.close()
-    assert meta == {"epoch": 0, "step": 2}
+    assert meta == {"epoch": 0, "step": NUM_STEPS}
     flat_a = jax.tree_util.tree_leaves_with_path(state)
     flat_b = jax.tree_util.tree_leaves_with_path(jax.device_get(restored))
     assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
