@@ -109,6 +109,9 @@ class BestCheckpointer:
             return False
         self._manager.save(step, args=_save_args(state, meta), metrics={"mAP": float(mAP)},
                            force=True)
+        # Finish before any other manager saves: in a multi-process run two managers with
+        # saves in flight at once left the processes waiting on each other's commit barrier.
+        self._manager.wait_until_finished()
         self._best = (step, float(mAP))
         return True
 

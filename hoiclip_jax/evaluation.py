@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from data_pipeline import hico_reader, loader
 from hoiclip_jax import postprocess, sharding
@@ -17,14 +18,16 @@ from hoiclip_jax.metrics import hico as hico_metrics
 
 
 def make_predict_fn(model, tables, max_hois: int, mesh) -> Callable:
-    """`predict(params, batch) -> top-k triplets` jitted over the mesh (batch sharded).
+    """`predict(params, batch) -> top-k triplets` jitted over the mesh (batch sharded in).
 
     Returns per image: `scores [B,k]`, `hoi_ids [B,k]`, `query_ids [B,k]`, `sub_xyxy [B,N,4]`,
     `obj_xyxy [B,N,4]` (pixels of the original image), from the last decoder layer.
     """
     hoi_to_obj = jnp.asarray(tables.hoi_to_obj, jnp.int32)
 
-    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
+    # Replicated outputs: every process gets the whole global batch's top-k (small), so that a
+    # multi-process run can read them without touching other processes' devices.
+    @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
     def predict(params, batch):
         out = model.apply({"params": params}, batch["image"], batch["pixel_mask"],
                           batch["clip_image"], train=False)
@@ -46,7 +49,8 @@ def predict_dataset(predict: Callable, params, records, tables, config, image_di
     total = -(-len(records) // config.eval.batch_size)
     for batch in tqdm.tqdm(batches, total=total, desc="inference", unit="batch",
                            disable=jax.process_index() != 0):
-        mask = batch.pop("example_mask")
+        # This process's rows of the global batch; all rows, in order, from every process.
+        mask = multihost_utils.process_allgather(batch.pop("example_mask"), tiled=True)
         out = jax.device_get(predict(params, sharding.put_batch(batch, mesh)))
         for i in np.flatnonzero(mask):
             results.append({k: v[i] for k, v in out.items()})

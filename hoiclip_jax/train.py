@@ -269,6 +269,7 @@ def end_epoch(run: Run, state: dict, epoch: int) -> None:
     if run.evaluator is not None and evaluation_due(run.config, epoch):
         metrics = run.evaluator(state)
         mAP = math.nan if metrics["mAP"] is None else metrics["mAP"]
+        run.ckpt.wait()  # one manager writing at a time (see BestCheckpointer.save_if_better)
         better = run.best.save_if_better(step, state, meta, mAP)
         run.log.evaluation(step, epoch, metrics, better)
         logging.info("Epoch %d test mAP (%%), best at step %s:\n%s", epoch + 1,

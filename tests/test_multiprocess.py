@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import class_tables, synthetic
-from hoiclip_jax import cli, sharding, state_io
+from hoiclip_jax import cli, run_log, sharding, state_io
 from tests import helpers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +46,8 @@ def overrides(data_root: str) -> dict:
                                                   "text_layers", "text_mlp_dim", "vocab_size")},
         "train.batch_size": BATCH, "train.num_epochs": 1, "train.log_every_steps": 1,
         "train.checkpoint_every_steps": 1, "train.keep_checkpoints": 2,
+        # Evaluation at the end of the epoch, sharded over the processes too.
+        "train.eval_every_epochs": 1, "eval.batch_size": BATCH,
     }
 
 
@@ -141,6 +143,10 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
                                 jax.tree.leaves(params_two)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0,
                                        err_msg=f"step {step} {jax.tree_util.keystr(path)}")
+    # Both runs evaluated the same test images to the same numbers.
+    evals = [run_log.read(workdir, "eval") for workdir in (one, two)]
+    assert len(evals[0]) == 1 and evals[0][0]["mAP"] is not None
+    assert evals[0][0]["mAP"] == pytest.approx(evals[1][0]["mAP"], abs=1e-6)
     # The runs trained: the second step changed the parameters.
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                 for a, b in zip(jax.tree.leaves(restore(one, 1)), jax.tree.leaves(params_one)))
