@@ -1,5 +1,7 @@
-"""Small builders shared by the tests: a tiny class table, a tiny config, a random batch."""
+"""Small builders shared by the tests: a tiny class table, a tiny config, a random batch, a log
+collector."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -92,3 +94,14 @@ def hand_giou(a, b):
     union = a[2] * a[3] + b[2] * b[3] - inter
     hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
     return inter / union - (hull - union) / hull
+
+
+class ListHandler(logging.Handler):
+    """Collects the messages logged at INFO and above (attach to a logger, read `.messages`)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

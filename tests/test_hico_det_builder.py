@@ -29,6 +29,7 @@ from PIL import Image
 from configs import common
 from data_pipeline import class_tables, hico_det, hoi_tfds, sources, splits
 from data_pipeline.hico_reader import AnnotationError
+from tests import helpers
 
 W, H = 64, 48
 TABLES = class_tables.load_class_tables(mlc.ConfigDict(dict(name="hico", class_table="")))
@@ -117,7 +118,7 @@ def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("hico")
     root, data_dir = str(base / "hico_20160224_det"), str(base / "tfds")
     write_layout(root, TRAIN, TEST, AUTHORS_25)
-    handler = _ListHandler()
+    handler = helpers.ListHandler()
     logging.getLogger().addHandler(handler)
     try:
         for train_file in ("trainval_hico.json", "trainval_hico_50%.json",
@@ -126,15 +127,6 @@ def built(tmp_path_factory):
     finally:
         logging.getLogger().removeHandler(handler)
     return root, data_dir, handler.messages
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def test_fake_hois_membership():

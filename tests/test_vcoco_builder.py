@@ -15,6 +15,7 @@ from PIL import Image
 
 from configs import common
 from data_pipeline import class_tables, hoi_tfds, sources
+from tests import helpers
 
 W, H = 80, 60
 TABLES = class_tables.load_class_tables(mlc.ConfigDict(dict(name="vcoco", class_table="")))
@@ -78,22 +79,13 @@ def built(tmp_path_factory):
     d = common.dataset_config("vcoco")
     d.root, d.tfds_data_dir = str(base / "v-coco"), str(base / "tfds")
     write_layout(d.root)
-    handler = _ListHandler()
+    handler = helpers.ListHandler()
     logging.getLogger().addHandler(handler)
     try:
         sources.prepare(d)
     finally:
         logging.getLogger().removeHandler(handler)
     return d, handler.messages
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def test_train_split_roles_and_boxes(built):
