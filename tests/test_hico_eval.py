@@ -206,3 +206,17 @@ def test_cli_prints_expected_json_for_h2():
     assert set(printed) == {"no_nms", "nms"}
     for variant in ("no_nms", "nms"):
         _assert_matches_expected(printed[variant], expected[variant])
+
+
+def test_class_in_neither_list_counts_in_full_only():
+    # Fractional training files leave some classes out of both lists (reference §4.2).
+    far = [300, 0, 399, 99]
+    images = [_image([H, O1, O2], [[0, 1, 1], [0, 2, 2], [0, 1, 3]], [H, O1, O2, far],
+                     [[0, 1, 1, 0.9], [0, 2, 2, 0.8], [0, 3, 3, 0.7]])]
+    result = hico.evaluate(images, rare_hois=[1], num_hois=4, non_rare_hois=[2])
+    buckets = {c: v["bucket"] for c, v in result["per_class"].items()}
+    assert buckets == {1: "rare", 2: "non_rare", 3: "neither"}
+    assert result["mAP"] == pytest.approx(2 / 3, abs=1e-12)     # class 3 (AP 0) is in Full
+    assert (result["mAP_rare"], result["mAP_non_rare"]) == (1.0, 1.0)
+    default = hico.evaluate(images, rare_hois=[1], num_hois=4)  # complement: 3 is non-rare
+    assert default["mAP_non_rare"] == 0.5

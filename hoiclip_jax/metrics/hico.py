@@ -28,7 +28,7 @@ import argparse
 import json
 import math
 import sys
-from typing import Mapping, NamedTuple, Sequence, TypedDict
+from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
@@ -76,22 +76,26 @@ class _Gts(NamedTuple):
 
 
 def evaluate(images: Sequence[Mapping[str, np.ndarray]], rare_hois: Sequence[int],
-             num_hois: int, overlap_iou: float = 0.5) -> dict:
+             num_hois: int, overlap_iou: float = 0.5,
+             non_rare_hois: Optional[Sequence[int]] = None) -> dict:
     """HICO-Det mAP in the reference's python protocol (module docstring, fixture rules 1-7).
 
     Args:
       images: one `EvalImage` per test image (predictions already cut to the top k, and
         triplet-NMS'ed when wanted: `predictions_from_topk`, `apply_triplet_nms`).
-      rare_hois: HOI class ids counted as rare; every other class is non-rare.
+      rare_hois: HOI class ids counted as rare (zero-shot: the unseen classes).
       num_hois: K, number of HOI classes (ids are 0..K-1).
       overlap_iou: box IoU needed for a match (0.5 in the reference).
+      non_rare_hois: HOI class ids counted as non-rare (zero-shot: the seen classes); None:
+        every class not in `rare_hois`. A class in neither list (absent from a fractional
+        training file, reference §4.2) counts in the Full mean only.
 
     Returns:
       `mAP`, `mAP_rare`, `mAP_non_rare`, `mean_max_recall` (python floats, fractions; NaN for a
       mean over no class), the class counts `n_classes_with_gt`, `n_rare_in_mean`,
       `n_non_rare_in_mean`, `n_excluded_no_predictions`, and `per_class`: {hoi id: {ap,
       max_recall, n_gt, n_pred, n_tp, bucket ('rare' | 'non_rare' | 'excluded_no_predictions')}}
-      for every class with at least one GT HOI.
+      for every class with at least one GT HOI (bucket 'neither' for a class in neither list).
     """
     preds = _flatten_preds(images, num_hois)
     gts = _flatten_gts(images, num_hois)
@@ -105,7 +109,8 @@ def evaluate(images: Sequence[Mapping[str, np.ndarray]], rare_hois: Sequence[int
     _, first = np.unique(target[has_target], return_index=True)
     tp[has_target[first]] = True
     recorded = n_gt[preds.cls] > 0
-    return _summarise(preds.cls[recorded], preds.score[recorded], tp[recorded], n_gt, rare_hois)
+    return _summarise(preds.cls[recorded], preds.score[recorded], tp[recorded], n_gt, rare_hois,
+                      non_rare_hois)
 
 
 def box_iou(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -153,7 +158,7 @@ def _target_gt(preds: _Preds, gts: _Gts, num_hois: int, overlap_iou: float) -> n
 
 
 def _summarise(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndarray,
-               rare_hois: Sequence[int]) -> dict:
+               rare_hois: Sequence[int], non_rare_hois: Optional[Sequence[int]]) -> dict:
     """Per-class AP and the means of rules 4-7 from the recorded triplets (in recording order)."""
     by_class = _order_by(cls, score)  # equal scores keep the recording order
     cls, tp = cls[by_class], tp[by_class]
@@ -166,10 +171,12 @@ def _summarise(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndar
     n_pred[seg_cls] = np.diff(np.append(starts, len(cls)))
     n_tp[seg_cls] = np.add.reduceat(tp.astype(np.int64), starts) if len(starts) else 0
     rare = set(int(c) for c in rare_hois)
+    non_rare = None if non_rare_hois is None else set(int(c) for c in non_rare_hois)
     per_class = {}
     for c in np.flatnonzero(n_gt > 0).tolist():
         bucket = ("excluded_no_predictions" if n_pred[c] == 0
-                  else "rare" if c in rare else "non_rare")
+                  else "rare" if c in rare
+                  else "non_rare" if non_rare is None or c in non_rare else "neither")
         per_class[c] = {"ap": float(ap[c]), "max_recall": int(n_tp[c]) / int(n_gt[c]),
                         "n_gt": int(n_gt[c]), "n_pred": int(n_pred[c]), "n_tp": int(n_tp[c]),
                         "bucket": bucket}
