@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline import hico_det, hoi_tfds, splits, vcoco
+from data_pipeline import hico_det, hoi_tfds, loader, splits, vcoco
 from data_pipeline.class_tables import ClassTables, load_class_tables
 from data_pipeline.hico_reader import HoiRecord, hoi_instance_counts, read_annotations
 
@@ -63,21 +63,6 @@ class HoiSplit:
     def __getitem__(self, i: int) -> tuple[HoiRecord, Image.Image]:
         record = self.records[i]
         return record, self.images(record)
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderImages:
-    """`record -> PIL RGB image` read from `image_dir/record.file_name`."""
-    image_dir: str
-
-    def __call__(self, record: HoiRecord) -> Image.Image:
-        path = os.path.join(self.image_dir, record.file_name)
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image of record {record.image_id} not found: "
-                                    f"{path}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +164,7 @@ def _from_folder(d, tables: ClassTables, split: str):
                         len(records))
         absent = set(missing)
         records = [r for r in records if r.file_name not in absent]
-    return records, FolderImages(image_dir), counts, tuple(missing)
+    return records, loader.FolderImages(image_dir), counts, tuple(missing)
 
 
 def _from_tfds(d, split: str):
