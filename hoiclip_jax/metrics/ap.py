@@ -43,18 +43,22 @@ def precision_recall(tp: np.ndarray, starts: np.ndarray,
     return rec, prec
 
 
-def voc11_ap(rec: np.ndarray, prec: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def voc11_ap(rec: np.ndarray, prec: np.ndarray, starts: np.ndarray,
+             thresholds: np.ndarray = VOC11_THRESHOLDS) -> np.ndarray:
     """[S] float64 11-point AP of each segment (see the module docstring).
 
     Args:
       rec, prec: [R] from `precision_recall` (recall non-decreasing inside a segment).
       starts: [S] int, strictly increasing segment starts, starts[0] == 0, every segment
         non-empty.
+      thresholds: [11] recall thresholds, summed in this order; the default is the python
+        reference's `np.arange(0., 1.1, 0.1)` (MATLAB's `0:0.1:1` differs at 0.6 and 0.7:
+        `hico_official.MATLAB_THRESHOLDS`).
     """
     ap = np.zeros(len(starts))
     if len(starts) == 0:
         return ap
-    for t in VOC11_THRESHOLDS:
+    for t in thresholds:
         # prec >= 0, so a 0 in place of the entries below the threshold changes no maximum and
         # gives the reference's p = 0 when no entry reaches it.
         p = np.maximum.reduceat(np.where(rec >= t, prec, 0.0), starts)

@@ -55,7 +55,7 @@ class EvalImage(TypedDict):
     pred_hois: np.ndarray
 
 
-class _Preds(NamedTuple):
+class Preds(NamedTuple):
     """All predicted triplets of a list of images; box ids are rows of `boxes`."""
     boxes: np.ndarray     # [sum m, 4] float64
     offsets: np.ndarray   # [I] first row of each image in `boxes`
@@ -97,58 +97,86 @@ def evaluate(images: Sequence[Mapping[str, np.ndarray]], rare_hois: Sequence[int
       max_recall, n_gt, n_pred, n_tp, bucket ('rare' | 'non_rare' | 'excluded_no_predictions')}}
       for every class with at least one GT HOI (bucket 'neither' for a class in neither list).
     """
-    preds = _flatten_preds(images, num_hois)
+    preds = flatten_preds(images, num_hois)
     gts = _flatten_gts(images, num_hois)
     n_gt = np.bincount(gts.cls, minlength=num_hois)
     # Processing order of rule 2: image by image, descending score, stable.
-    order = _order_by(preds.image, preds.score)
-    preds = _Preds(preds.boxes, preds.offsets, *(x[order] for x in preds[2:]))
-    target = _target_gt(preds, gts, num_hois, overlap_iou)
-    tp = np.zeros(len(target), bool)
-    has_target = np.flatnonzero(target >= 0)
-    _, first = np.unique(target[has_target], return_index=True)
-    tp[has_target[first]] = True
+    order = order_by(preds.image, preds.score)
+    preds = Preds(preds.boxes, preds.offsets, *(x[order] for x in preds[2:]))
+    target = target_gt(preds.image * num_hois + preds.cls, preds.boxes[preds.sub],
+                       preds.boxes[preds.obj], gts.image * num_hois + gts.cls,
+                       gts.boxes[gts.sub], gts.boxes[gts.obj], overlap_iou)
+    tp = first_claims(target)
     recorded = n_gt[preds.cls] > 0
     return _summarise(preds.cls[recorded], preds.score[recorded], tp[recorded], n_gt, rare_hois,
                       non_rare_hois)
 
 
-def box_iou(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of the evaluator (rule 1): +1-pixel areas, strict overlap test.
+def box_iou(gt: np.ndarray, pred: np.ndarray, overlap: str = "strict") -> np.ndarray:
+    """Row-wise IoU with +1-pixel areas (rule 1).
 
     Args:
       gt, pred: [X, 4] float64 xyxy pixels.
+      overlap: when two boxes overlap at all. 'strict' (the python reference, rule 1): max y1 <
+        min y2 and max x1 < min x2 on the raw coordinates. 'matlab' (ho-rcnn
+        `VOCevaldet_bboxpair.m`): intersection width min x2 - max x1 + 1 > 0 and height > 0, so
+        boxes sharing one pixel row or column (and 1-pixel boxes, x1 == x2) overlap too. The
+        arithmetic is the same in both, and the same as the MATLAB code's.
 
     Returns:
-      [X] float64; 0 unless max y1 < min y2 and max x1 < min x2.
+      [X] float64; 0 for boxes that do not overlap.
     """
     area_gt = (gt[:, 2] - gt[:, 0] + 1) * (gt[:, 3] - gt[:, 1] + 1)
     area_pred = (pred[:, 2] - pred[:, 0] + 1) * (pred[:, 3] - pred[:, 1] + 1)
     x_lo, x_hi = np.maximum(gt[:, 0], pred[:, 0]), np.minimum(gt[:, 2], pred[:, 2])
     y_lo, y_hi = np.maximum(gt[:, 1], pred[:, 1]), np.minimum(gt[:, 3], pred[:, 3])
-    inter = (y_hi - y_lo + 1) * (x_hi - x_lo + 1)
+    width, height = x_hi - x_lo + 1, y_hi - y_lo + 1
+    inter = height * width
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / (area_gt + area_pred - inter)
-    return np.where((y_lo < y_hi) & (x_lo < x_hi), iou, 0.0)
+    if overlap == "strict":
+        overlaps = (y_lo < y_hi) & (x_lo < x_hi)
+    elif overlap == "matlab":
+        overlaps = (width > 0) & (height > 0)
+    else:
+        raise ValueError(f"box_iou: overlap must be 'strict' or 'matlab', got {overlap!r}")
+    return np.where(overlaps, iou, 0.0)
 
 
-def _target_gt(preds: _Preds, gts: _Gts, num_hois: int, overlap_iou: float) -> np.ndarray:
-    """[P] int64: the GT HOI (row of `gts`) each triplet targets under rule 2, or -1."""
-    gt_key = gts.image * num_hois + gts.cls
-    pred_key = preds.image * num_hois + preds.cls
-    by_key = np.argsort(gt_key, kind="stable")  # stable: GT HOIs stay in annotation order
+def target_gt(pred_key: np.ndarray, pred_sub: np.ndarray, pred_obj: np.ndarray,
+              gt_key: np.ndarray, gt_sub: np.ndarray, gt_obj: np.ndarray, overlap_iou: float,
+              overlap: str = "strict") -> np.ndarray:
+    """The GT pair each triplet targets (rule 2; also ho-rcnn's `VOCevaldet_bboxpair.m`).
+
+    A triplet is compared with every GT pair of the same key (image and HOI class); it targets
+    the one with the largest min(IoU_sub, IoU_obj), the first in GT order on ties, when that
+    minimum reaches `overlap_iou`. (The MATLAB code takes the argmax over all pairs and then
+    tests the threshold; the python reference takes it over the pairs that pass the threshold:
+    the same pair either way.) The order of the triplets does not matter here.
+
+    Args:
+      pred_key: [P] int64 key of each triplet, e.g. image * K + HOI class.
+      pred_sub, pred_obj: [P, 4] float64 xyxy subject and object boxes.
+      gt_key: [H] int64 key of each GT pair; gt_sub, gt_obj: [H, 4] float64 xyxy.
+      overlap_iou: the threshold (0.5).
+      overlap: `box_iou`'s overlap test.
+
+    Returns:
+      [P] int64 row of the targeted GT pair, -1 for none.
+    """
+    by_key = np.argsort(gt_key, kind="stable")  # stable: GT pairs stay in annotation order
     lo = np.searchsorted(gt_key[by_key], pred_key, side="left")
     count = np.searchsorted(gt_key[by_key], pred_key, side="right") - lo
     pair_pred = np.repeat(np.arange(len(pred_key)), count)
     within = np.arange(len(pair_pred)) - np.repeat(np.cumsum(count) - count, count)
     pair_gt = by_key[np.repeat(lo, count) + within]
-    iou_sub = box_iou(gts.boxes[gts.sub[pair_gt]], preds.boxes[preds.sub[pair_pred]])
-    iou_obj = box_iou(gts.boxes[gts.obj[pair_gt]], preds.boxes[preds.obj[pair_pred]])
+    iou_sub = box_iou(gt_sub[pair_gt], pred_sub[pair_pred], overlap)
+    iou_obj = box_iou(gt_obj[pair_gt], pred_obj[pair_pred], overlap)
     match = (iou_sub >= overlap_iou) & (iou_obj >= overlap_iou)
     pair_pred, pair_gt = pair_pred[match], pair_gt[match]
     min_iou = np.minimum(iou_sub, iou_obj)[match]
-    # Largest min-IoU per triplet; lexsort is stable, so ties keep the first GT HOI, as the
-    # reference's "strictly greater replaces" loop does.
+    # Largest min-IoU per triplet; lexsort is stable, so ties keep the first GT pair, as the
+    # references' "strictly greater replaces" loops do.
     best = np.lexsort((-min_iou, pair_pred))
     first = np.ones(len(best), bool)
     first[1:] = pair_pred[best[1:]] != pair_pred[best[:-1]]
@@ -157,10 +185,23 @@ def _target_gt(preds: _Preds, gts: _Gts, num_hois: int, overlap_iou: float) -> n
     return target
 
 
+def first_claims(target: np.ndarray) -> np.ndarray:
+    """[P] bool true positives of the greedy matching, `target` given in processing order.
+
+    A triplet is a TP iff its target GT pair is still free (no fall-back to another pair), so
+    the first triplet targeting a pair is its TP and every later one an FP.
+    """
+    tp = np.zeros(len(target), bool)
+    has_target = np.flatnonzero(target >= 0)
+    _, first = np.unique(target[has_target], return_index=True)
+    tp[has_target[first]] = True
+    return tp
+
+
 def _summarise(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndarray,
                rare_hois: Sequence[int], non_rare_hois: Optional[Sequence[int]]) -> dict:
     """Per-class AP and the means of rules 4-7 from the recorded triplets (in recording order)."""
-    by_class = _order_by(cls, score)  # equal scores keep the recording order
+    by_class = order_by(cls, score)  # equal scores keep the recording order
     cls, tp = cls[by_class], tp[by_class]
     starts = np.flatnonzero(np.diff(cls, prepend=-1))
     seg_cls = cls[starts]
@@ -195,7 +236,7 @@ def _summarise(cls: np.ndarray, score: np.ndarray, tp: np.ndarray, n_gt: np.ndar
     }
 
 
-def _order_by(group: np.ndarray, score: np.ndarray) -> np.ndarray:
+def order_by(group: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Stable order by (group ascending, score descending), i.e. `np.lexsort((-score, group))`.
 
     Two stable argsorts, the second a radix sort when the groups fit in int16, are about twice
@@ -232,7 +273,7 @@ def _check(bad: np.ndarray, image: np.ndarray, field: str, what: str, values: np
         raise ValueError(f"evaluate: image {image[j]} field '{field}': {what} (got {values[j]})")
 
 
-def _flatten_preds(images: Sequence[Mapping], num_hois: int | None) -> _Preds:
+def flatten_preds(images: Sequence[Mapping], num_hois: int | None) -> Preds:
     """Concatenates and validates the predictions of all images (box ids made global).
 
     `num_hois` None: HOI classes are only checked to be integers >= 0.
@@ -253,7 +294,7 @@ def _flatten_preds(images: Sequence[Mapping], num_hois: int | None) -> _Preds:
                f"{name} (column {col}) is not an index of pred_boxes / a class < {num_hois}", v)
     _check(~np.isfinite(hois[:, 3]), image, "pred_hois", "non-finite score", hois[:, 3])
     ids = hois[:, :3].astype(np.int64)
-    return _Preds(boxes, offsets, image, ids[:, 0] + offsets[image], ids[:, 1] + offsets[image],
+    return Preds(boxes, offsets, image, ids[:, 0] + offsets[image], ids[:, 1] + offsets[image],
                   ids[:, 2], hois[:, 3])
 
 
@@ -340,7 +381,7 @@ def apply_triplet_nms(images: Sequence[Mapping], threshold: float, alpha: float,
 def triplet_nms_keep(images: Sequence[Mapping], threshold: float, alpha: float,
                      beta: float) -> list[np.ndarray]:
     """Per image, the [P'] int64 indices into its `pred_hois` kept by the triplet NMS."""
-    preds = _flatten_preds(images, num_hois=None)
+    preds = flatten_preds(images, num_hois=None)
     keep = postprocess.triplet_nms_batch(preds.image, preds.boxes[preds.sub],
                                          preds.boxes[preds.obj], preds.cls, preds.score,
                                          threshold, alpha, beta)
