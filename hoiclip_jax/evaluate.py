@@ -5,13 +5,9 @@ the freshly initialised model instead), runs the python-protocol HICO-Det evalua
 split, prints the table (percent) and writes the metrics JSON (fractions).
 """
 import json
-import logging
 import os
 
-import jax
-import numpy as np
 from absl import app, flags
-from PIL import Image
 
 from data_pipeline import class_tables
 from hoiclip_jax import cli, evaluation, sharding, state_io, visualize
@@ -31,14 +27,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("pictures", 0, "Draw predictions on this many test images.")
 
 
-METRIC_KEYS = ("mAP", "mAP_rare", "mAP_non_rare", "mean_max_recall")
-
-
-def save_pictures(predictions, records, tables, config, path: str, count: int) -> str:
-    """Draws the top-3 triplets of the first `count` test images into one PNG."""
-    image_dir = os.path.join(config.dataset.root, "images", config.dataset.test_images)
+def save_pictures(predictions, split, tables, path: str, count: int) -> str:
+    """Draws the top-3 triplets of the first `count` images of `split` into one PNG."""
     pictures = []
-    for pred, record in list(zip(predictions, records))[:count]:
+    for pred, record in list(zip(predictions, split.records))[:count]:
         triplets = []
         for j in range(3):
             q, hoi = int(pred["query_ids"][j]), int(pred["hoi_ids"][j])
@@ -46,8 +38,7 @@ def save_pictures(predictions, records, tables, config, path: str, count: int) -
             triplets.append({"sub_box": pred["sub_xyxy"][q], "obj_box": pred["obj_xyxy"][q],
                              "score": float(pred["scores"][j]),
                              "label": f"{tables.verbs[verb]} {tables.objects[obj]}"})
-        with Image.open(os.path.join(image_dir, record.file_name)) as image:
-            pictures.append(visualize.draw_triplets(image, triplets))
+        pictures.append(visualize.draw_triplets(split.images(record), triplets))
     return visualize.save_grid(pictures, path)
 
 
@@ -61,11 +52,10 @@ def run(config, workdir: str, step, untrained: bool) -> tuple[dict, list, list, 
         model, params, step = state_io.restore_params(workdir, config, tables, mesh, step)
         label = f"step {step}"
     params = sharding.put_replicated(params, mesh)
-    metrics, predictions, records = evaluation.evaluate_hico(model, params, config, tables, mesh)
-    # A mean over no class (e.g. no rare class predicted) is NaN; JSON gets null for it.
-    metrics = {k: None if np.isnan(metrics[k]) else float(metrics[k]) for k in METRIC_KEYS}
-    metrics["checkpoint"] = label
-    return metrics, predictions, records, tables
+    metrics, predictions, test = evaluation.evaluate_hico(model, params, config, tables, mesh)
+    summary = evaluation.summarise(metrics, test.groups)
+    summary["checkpoint"] = label
+    return summary, predictions, test, tables
 
 
 def main(argv):
@@ -73,8 +63,7 @@ def main(argv):
     cli.setup_logging()
     cli.initialize_distributed(FLAGS.multihost)
     config, workdir = FLAGS.config, FLAGS.workdir
-    metrics, predictions, records, tables = run(config, workdir, FLAGS.checkpoint,
-                                                FLAGS.untrained)
+    metrics, predictions, test, tables = run(config, workdir, FLAGS.checkpoint, FLAGS.untrained)
     out = FLAGS.out or os.path.join(workdir, "eval_metrics.json")
     rows = {metrics["checkpoint"]: metrics}
     if FLAGS.compare:
@@ -87,11 +76,11 @@ def main(argv):
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)
     print(f"\nHICO-Det python protocol on {config.dataset.root} test "
-          f"({len(records)} images), mAP in %:")
-    print(evaluation.format_table(rows))
+          f"({len(test.split)} images), mAP in %:")
+    print(evaluation.format_table(rows, test.groups))
     print(f"metrics: {out}")
     if FLAGS.pictures:
-        path = save_pictures(predictions, records, tables, config,
+        path = save_pictures(predictions, test.split, tables,
                              os.path.join(workdir, "predictions.png"), FLAGS.pictures)
         print(f"pictures of predictions: {path}")
 

@@ -2,9 +2,9 @@
 
 Used by `python -m hoiclip_jax.evaluate` and by evaluation during training.
 """
+import dataclasses
 import functools
-import os
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +12,8 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from data_pipeline import hico_reader, loader
-from hoiclip_jax import postprocess, sharding
+from data_pipeline import loader, sources
+from hoiclip_jax import datasets, postprocess, sharding
 from hoiclip_jax.metrics import hico as hico_metrics
 
 
@@ -38,11 +38,12 @@ def make_predict_fn(model, tables, max_hois: int, mesh) -> Callable:
     return predict
 
 
-def predict_dataset(predict: Callable, params, records, tables, config, image_dir: str,
-                    mesh) -> list[dict]:
-    """Runs `predict` over `records` in order; returns one numpy dict of top-k per record."""
+def predict_dataset(predict: Callable, params, split, tables, config, mesh) -> list[dict]:
+    """Runs `predict` over the records of `split` (a `sources.HoiSplit`) in order; returns one
+    numpy dict of top-k per record."""
+    records = split.records
     results = []
-    batches = loader.eval_batches(records, tables, config.dataset, image_dir,
+    batches = loader.eval_batches(records, tables, config.dataset, split.images,
                                   global_batch_size=config.eval.batch_size,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
@@ -59,9 +60,13 @@ def predict_dataset(predict: Callable, params, records, tables, config, image_di
     return results
 
 
-def evaluate_predictions(predictions: list[dict], records, rare_hois, num_hois: int,
-                         eval_config) -> dict:
-    """Python-protocol HICO mAP (reference §8.1) of top-k predictions, with triplet NMS."""
+def evaluate_predictions(predictions: list[dict], records, groups: datasets.ClassGroups,
+                         num_hois: int, eval_config) -> dict:
+    """Python-protocol HICO mAP (reference §8.1) of top-k predictions, with triplet NMS.
+
+    Returns `metrics.hico.evaluate`'s dict, whose rare / non-rare means are over `groups`, plus
+    the summary keys of `groups.metric_keys()` (e.g. `mAP_unseen` in a zero-shot setting).
+    """
     stacked = {k: np.stack([p[k] for p in predictions]) for k in predictions[0]}
     images = hico_metrics.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
@@ -69,36 +74,58 @@ def evaluate_predictions(predictions: list[dict], records, rare_hois, num_hois: 
     for image, record in zip(images, records):
         image["gt_boxes"] = record.boxes
         image["gt_hois"] = record.hois  # (subject, object, verb, hoi): the class is the last column
-    return hico_metrics.evaluate(images, rare_hois=rare_hois, num_hois=num_hois,
-                                 overlap_iou=eval_config.overlap_iou)
+    metrics = hico_metrics.evaluate(images, rare_hois=groups.first, num_hois=num_hois,
+                                    overlap_iou=eval_config.overlap_iou,
+                                    non_rare_hois=groups.second)
+    first, second = groups.names
+    metrics[f"mAP_{first}"] = metrics["mAP_rare"]
+    metrics[f"mAP_{second}"] = metrics["mAP_non_rare"]
+    return metrics
 
 
-def rare_hois_from_training(config, tables) -> list[int]:
-    """HOI classes with fewer than `eval.rare_threshold` instances in the training file."""
-    path = os.path.join(config.dataset.root, "annotations", config.dataset.train_file)
-    counts = hico_reader.hoi_instance_counts(hico_reader.read_annotations(path, tables),
-                                             tables.num_hois)
-    return [int(c) for c in np.flatnonzero(counts < config.eval.rare_threshold)]
+def summarise(metrics: dict, groups: datasets.ClassGroups) -> dict:
+    """The summary of `evaluate_predictions` as JSON-ready floats (None for a mean over no
+    class, e.g. when no rare class was predicted)."""
+    return {k: None if np.isnan(metrics[k]) else float(metrics[k])
+            for k in groups.metric_keys()}
 
 
-def evaluate_hico(model, params, config, tables, mesh) -> tuple[dict, list[dict], list]:
-    """Evaluates `params` on the test split. Returns (metrics, predictions, records)."""
-    path = os.path.join(config.dataset.root, "annotations", config.dataset.test_file)
-    records = hico_reader.read_annotations(path, tables)
-    image_dir = os.path.join(config.dataset.root, "images", config.dataset.test_images)
+@dataclasses.dataclass(frozen=True)
+class TestSet:
+    """What evaluation reads: the test split and the class groups of its means."""
+    split: sources.HoiSplit
+    groups: datasets.ClassGroups
+
+
+def load_test_set(config, tables, train_hoi_counts: Optional[np.ndarray] = None) -> TestSet:
+    """The test split of `config.dataset`, and the class groups from the HOI instance counts of
+    its training file (read from the training split when not given)."""
+    if train_hoi_counts is None:
+        train_hoi_counts = datasets.load_split(config, tables, "train").hoi_counts
+    return TestSet(datasets.load_split(config, tables, "test"),
+                   datasets.class_groups(config, tables, train_hoi_counts))
+
+
+def evaluate_hico(model, params, config, tables, mesh) -> tuple[dict, list[dict], TestSet]:
+    """Evaluates `params` on the test split. Returns (metrics, predictions, test set)."""
+    test = load_test_set(config, tables)
     predict = make_predict_fn(model, tables, config.eval.max_hois, mesh)
-    predictions = predict_dataset(predict, params, records, tables, config, image_dir, mesh)
-    rare = rare_hois_from_training(config, tables)
-    metrics = evaluate_predictions(predictions, records, rare, tables.num_hois, config.eval)
-    return metrics, predictions, records
+    predictions = predict_dataset(predict, params, test.split, tables, config, mesh)
+    metrics = evaluate_predictions(predictions, test.split.records, test.groups,
+                                   tables.num_hois, config.eval)
+    return metrics, predictions, test
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """A percent table of Full / Rare / Non-rare mAP and mean max recall, one row per entry."""
-    head = f"{'':<12}{'Full':>8}{'Rare':>8}{'Non-rare':>10}{'MaxRec':>8}"
+def format_table(rows: dict[str, dict], groups: datasets.ClassGroups) -> str:
+    """A percent table of Full / Rare / Non-rare (or Unseen / Seen) mAP and mean max recall,
+    one row per entry of `rows` (summaries of `summarise`)."""
+    titles = ("Full",) + tuple(n.replace("_", "-").capitalize() for n in groups.names) + (
+        "MaxRec",)
+    widths = [max(8, len(t) + 2) for t in titles]
+    head = f"{'':<12}" + "".join(f"{t:>{w}}" for t, w in zip(titles, widths))
     lines = [head, "-" * len(head)]
     pct = lambda v, width: f"{'n/a' if v is None else f'{100 * v:.2f}':>{width}}"
     for name, m in rows.items():
-        lines.append(f"{name:<12}{pct(m['mAP'], 8)}{pct(m['mAP_rare'], 8)}"
-                     f"{pct(m['mAP_non_rare'], 10)}{pct(m['mean_max_recall'], 8)}")
+        lines.append(f"{name:<12}" + "".join(pct(m[k], w)
+                                             for k, w in zip(groups.metric_keys(), widths)))
     return "\n".join(lines)

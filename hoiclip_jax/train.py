@@ -18,7 +18,6 @@ mAP, when `eval_every_epochs > 0`), metrics.jsonl and tensorboard/ (see run_log.
 import dataclasses
 import logging
 import math
-import os
 import time
 from typing import Callable, Optional
 
@@ -27,9 +26,9 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from data_pipeline import class_tables, hico_reader, loader
+from data_pipeline import class_tables, loader, sources
 from data_pipeline.class_tables import ClassTables
-from hoiclip_jax import (checkpoints, cli, evaluate, evaluation, matching, optim, run_log,
+from hoiclip_jax import (checkpoints, cli, datasets, evaluation, matching, optim, run_log,
                          sharding, state_io, train_step)
 
 FLAGS = flags.FLAGS
@@ -49,16 +48,15 @@ def define_flags() -> None:
 class TrainData:
     """The training split and the layout of its batches."""
     tables: ClassTables
-    records: list
-    image_dir: str
-    num_train: int        # records with at least one interaction (the ones trained on)
+    split: sources.HoiSplit   # records after the zero-shot filter, and their images
+    num_train: int            # records with at least one interaction (the ones trained on)
     steps_per_epoch: int
 
     def batches(self, config, epoch: int, start_step: int):
         """This process's numpy batches `start_step`.. of `epoch` (order fixed by (seed, epoch);
         the skipped batches are not read)."""
         return loader.train_batches(
-            self.records, self.tables, config.dataset, self.image_dir,
+            self.split.records, self.tables, config.dataset, self.split.images,
             global_batch_size=config.train.batch_size, seed=config.seed, epoch=epoch,
             process_index=jax.process_index(), process_count=jax.process_count(),
             start_step=start_step)
@@ -72,12 +70,10 @@ class TrainData:
 
 def load_train_data(config) -> TrainData:
     tables = class_tables.load_class_tables(config.dataset)
-    path = os.path.join(config.dataset.root, "annotations", config.dataset.train_file)
-    records = hico_reader.read_annotations(path, tables)
-    num_train = len(loader.training_records(records))
-    return TrainData(tables, records,
-                     os.path.join(config.dataset.root, "images", config.dataset.train_images),
-                     num_train, loader.steps_per_epoch(num_train, config.train.batch_size))
+    split = datasets.load_split(config, tables, "train")
+    num_train = len(loader.training_records(split.records))
+    return TrainData(tables, split, num_train,
+                     loader.steps_per_epoch(num_train, config.train.batch_size))
 
 
 # ----------------------------------------------------------------------------- state
@@ -113,25 +109,24 @@ def log_parameter_counts(state) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def make_evaluator(model, config, tables, mesh) -> Callable[[dict], dict]:
-    """`evaluate(state) -> {mAP, mAP_rare, mAP_non_rare, mean_max_recall}` on the test split
-    (fractions; None for a mean over no class), compiled once for the whole run. The reference
-    evaluates on the test split every epoch and selects its best checkpoint there (§4.1)."""
-    path = os.path.join(config.dataset.root, "annotations", config.dataset.test_file)
-    records = hico_reader.read_annotations(path, tables)
-    image_dir = os.path.join(config.dataset.root, "images", config.dataset.test_images)
+def make_evaluator(model, config, data: TrainData, mesh) -> Callable[[dict], dict]:
+    """`evaluate(state) -> summary` ({mAP, mAP_rare, mAP_non_rare, mean_max_recall}, or unseen /
+    seen in a zero-shot setting; fractions, None for a mean over no class) on the test split,
+    compiled once for the whole run. The reference evaluates on the test split every epoch and
+    selects its best checkpoint there (§4.1)."""
+    tables = data.tables
+    test = evaluation.load_test_set(config, tables, data.split.hoi_counts)
     predict = evaluation.make_predict_fn(model, tables, config.eval.max_hois, mesh)
-    rare = evaluation.rare_hois_from_training(config, tables)
 
     def evaluate_state(state: dict) -> dict:
         params = optim.merge_params(state["trainable"], state["frozen"])
-        predictions = evaluation.predict_dataset(predict, params, records, tables, config,
-                                                 image_dir, mesh)
-        metrics = evaluation.evaluate_predictions(predictions, records, rare, tables.num_hois,
-                                                  config.eval)
-        return {k: None if np.isnan(metrics[k]) else float(metrics[k])
-                for k in evaluate.METRIC_KEYS}
+        predictions = evaluation.predict_dataset(predict, params, test.split, tables, config,
+                                                 mesh)
+        metrics = evaluation.evaluate_predictions(predictions, test.split.records, test.groups,
+                                                  tables.num_hois, config.eval)
+        return evaluation.summarise(metrics, test.groups)
 
+    evaluate_state.groups = test.groups  # for the table headers
     return evaluate_state
 
 
@@ -200,7 +195,7 @@ def start_run(config, workdir: str) -> tuple[Run, dict]:
     run = Run(config, mesh, data, step_fn, ckpt, log, bar, schedules, data_digest=digest,
               window=(time.perf_counter(), step))
     if config.train.eval_every_epochs > 0:
-        run.evaluator = make_evaluator(model, config, data.tables, mesh)
+        run.evaluator = make_evaluator(model, config, data, mesh)
         run.best = checkpoints.BestCheckpointer(workdir)
     return run, state
 
@@ -273,7 +268,8 @@ def end_epoch(run: Run, state: dict, epoch: int) -> None:
         better = run.best.save_if_better(step, state, meta, mAP)
         run.log.evaluation(step, epoch, metrics, better)
         logging.info("Epoch %d test mAP (%%), best at step %s:\n%s", epoch + 1,
-                     run.best.best()[0], evaluation.format_table({f"step {step}": metrics}))
+                     run.best.best()[0], evaluation.format_table({f"step {step}": metrics},
+                                                          run.evaluator.groups))
     run.ckpt.save(step, state, meta)
 
 

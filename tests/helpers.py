@@ -31,6 +31,62 @@ def write_tiny_table(directory: str) -> str:
     return path
 
 
+# The model of `tiny_config`, as dotted config fields: also applied to the real configs
+# (`smoke_overrides`) on the command line or in-process.
+TINY_MODEL = {
+    "model.backbone.stage_sizes": (1, 1, 1),  # stride 16: few tokens, fast steps
+    "model.backbone.width": 8,
+    "model.hidden_dim": 32,
+    "model.enc_layers": 1,
+    "model.dec_layers": 2,
+    "model.inter_dec_layers": 2,
+    "model.dim_feedforward": 32,
+    "model.num_queries": 4,
+    "model.nheads": 4,
+    **{f"model.clip.{k}": v for k, v in dict(
+        embed_dim=32, image_size=32, patch_size=16, vision_width=32, vision_layers=1,
+        vision_heads=4, vision_mlp_dim=32, context_length=16, text_width=32, text_layers=1,
+        text_heads=4, text_mlp_dim=32, vocab_size=64).items()},
+    "model.inter_nheads": 4,
+    "model.inter_dim_feedforward": 32,
+}
+
+
+def smoke_overrides(root: str, tfds_data_dir: str) -> dict:
+    """Dotted overrides that run a real config (configs/hico*.py, vcoco.py) on a fake folder of
+    `data_pipeline.fake_layout` with the tiny model, 64-pixel images and batches of 4."""
+    return {
+        "dataset.root": root, "dataset.tfds_data_dir": tfds_data_dir,
+        "dataset.canvas": (64, 64), "dataset.max_side": 64,
+        "dataset.train_short_sides": (48, 56, 64), "dataset.test_short_side": 64,
+        "dataset.crop_resize_sides": (48, 56), "dataset.crop_size": (32, 48),
+        "dataset.clip_image_size": 32, "dataset.buckets": (), "dataset.max_pairs": 4,
+        "dataset.num_threads": 1,
+        **TINY_MODEL,
+        "model.clip.weights": "", "model.pretrained": "", "model.clip.vocab_size": 512,
+        "train.batch_size": 4, "train.num_epochs": 1, "train.log_every_steps": 1,
+        "eval.batch_size": 4,
+    }
+
+
+def set_fields(config, overrides: dict):
+    """Sets dotted `overrides` on `config` (each field must exist); returns `config`."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"config has no field {dotted!r}")
+        node[leaf] = value
+    return config
+
+
+def override_flags(overrides: dict) -> list[str]:
+    """`overrides` as `--config.<field>=<value>` command-line flags."""
+    return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
 def tiny_config(table_path: str):
     """The demo config shrunk further so that a train step compiles in seconds."""
     config = demo.get_config()
@@ -39,20 +95,7 @@ def tiny_config(table_path: str):
     config.dataset.max_side = 64
     config.dataset.clip_image_size = 32
     config.dataset.max_pairs = 3
-    m = config.model
-    m.backbone.stage_sizes = (1, 1, 1)  # stride 16: few tokens, fast steps
-    m.backbone.width = 8
-    m.hidden_dim = 32
-    m.enc_layers = 1
-    m.dec_layers = 2
-    m.inter_dec_layers = 2
-    m.dim_feedforward = 32
-    m.num_queries = 4
-    m.clip.update(dict(embed_dim=32, image_size=32, vision_width=32, vision_layers=1,
-                       vision_mlp_dim=32, text_width=32, text_layers=1, text_mlp_dim=32,
-                       vocab_size=64))
-    m.inter_dim_feedforward = 32
-    return config
+    return set_fields(config, TINY_MODEL)
 
 
 def random_batch(config, num_hois: int, num_verbs: int, num_objects: int, batch_size: int,
