@@ -331,7 +331,8 @@ def prediction_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_thre
 
 
 def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_threshold: float,
-                          nms_alpha: float, nms_beta: float) -> list[dict]:
+                          nms_alpha: float, nms_beta: float,
+                          names: Optional[Sequence[str]] = None) -> list[dict]:
     """Turns `postprocess.hico_topk` output for B images into `evaluate`'s prediction fields.
 
     As in the reference, each image's box list is its N subject boxes then its N object boxes,
@@ -342,11 +343,17 @@ def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_thr
         `obj_xyxy` [B, N, 4]); one image is B = 1.
       use_nms: apply the triplet NMS (`config.eval.use_nms`).
       nms_threshold, nms_alpha, nms_beta: its parameters (`config.eval.nms_*`).
+      names: the B images' file names, for errors (default: their positions).
 
     Returns:
       B dicts with `pred_boxes` [2N, 4] and `pred_hois` [k' <= k, 4] (float64); add `gt_boxes`
       and `gt_hois` to make an `EvalImage`.
+
+    Raises:
+      ValueError: a non-finite score or box (a diverged model), naming the first such image:
+        it would otherwise be dropped or mis-ranked and give a silently wrong mAP.
     """
+    _check_finite_topk(topk, names)
     scores = np.asarray(topk["scores"], np.float64)
     queries = np.asarray(topk["query_ids"], np.float64)
     boxes = np.concatenate([np.asarray(topk["sub_xyxy"], np.float64),
@@ -364,6 +371,18 @@ def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_thr
                                          scores.reshape(-1), nms_threshold, nms_alpha, nms_beta)
     per_image = np.split(keep % k, np.cumsum(np.bincount(keep // k, minlength=batch))[:-1])
     return [{"pred_boxes": b, "pred_hois": h[kept]} for b, h, kept in zip(boxes, hois, per_image)]
+
+
+def _check_finite_topk(topk: Mapping[str, np.ndarray], names: Optional[Sequence[str]]) -> None:
+    for field in ("scores", "sub_xyxy", "obj_xyxy"):
+        value = np.asarray(topk[field], np.float64)
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            image = f"image {i}" if names is None else f"image {names[i]!r} (#{i})"
+            raise ValueError(f"predictions: {image} has a non-finite value in '{field}' "
+                             f"({int(bad.sum())} of {len(value)} images have one); the model "
+                             f"output is NaN or inf, no mAP is computed")
 
 
 def apply_triplet_nms(images: Sequence[Mapping], threshold: float, alpha: float,
