@@ -1,7 +1,8 @@
-"""HICO-Det post-processing (reference §7.1): triplet scores, top-k, and triplet NMS.
+"""Post-processing (reference §7): triplet scores, top-k, and triplet NMS.
 
 `hico_topk` runs on device (jnp, jittable) and turns the final-layer outputs into the top-k
-(query, HOI class) triplets of every image with their boxes in pixels of the original image.
+(query, HOI class) triplets of every image with their boxes in pixels of the original image;
+`vcoco_topk` does the same for V-COCO's (query, verb) pairs (§7.2, no NMS there).
 `triplet_nms` / `triplet_nms_batch` run on the host (numpy) and reproduce the reference's triplet
 NMS (`use_nms_filter`, rule 8 of `shared/fixtures/hico_eval/README.md`) decision for decision,
 vectorised over all images at once so that a whole test set takes about a second.
@@ -59,14 +60,104 @@ def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.n
     obj_scores = jax.nn.sigmoid(obj_logits)
     scores = jax.nn.sigmoid(hoi_logits) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
     top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_hois), k)
-    height, width = orig_size[:, 0], orig_size[:, 1]
-    scale = jnp.stack([width, height, width, height], axis=-1).astype(sub_boxes.dtype)[:, None]
     return {
         "scores": top_scores,
         "hoi_ids": (flat % num_hois).astype(jnp.int32),
         "query_ids": (flat // num_hois).astype(jnp.int32),
-        "sub_xyxy": cxcywh_to_xyxy(sub_boxes) * scale,
-        "obj_xyxy": cxcywh_to_xyxy(obj_boxes) * scale,
+        "sub_xyxy": pixel_xyxy(sub_boxes, orig_size),
+        "obj_xyxy": pixel_xyxy(obj_boxes, orig_size),
+    }
+
+
+def pixel_xyxy(boxes: jnp.ndarray, orig_size: jnp.ndarray) -> jnp.ndarray:
+    """[B, N, 4] cxcywh normalised -> [B, N, 4] xyxy in pixels of the original image.
+
+    Args:
+      boxes: [B, N, 4] cxcywh normalised by the unpadded image size.
+      orig_size: [B, 2] (h, w) of the original images, in pixels.
+    """
+    height, width = orig_size[:, 0], orig_size[:, 1]
+    scale = jnp.stack([width, height, width, height], axis=-1).astype(boxes.dtype)[:, None]
+    return cxcywh_to_xyxy(boxes) * scale
+
+
+def vcoco_correct_mat(hoi_to_verb: np.ndarray, hoi_to_obj: np.ndarray, num_verbs: int,
+                      num_obj_logits: int) -> np.ndarray:
+    """[V, O + 1] float32 verb-object validity: 1 where (verb, object) is an HOI class.
+
+    The stand-in for the reference's `corre_vcoco.npy` (not released) that the V-COCO fixtures
+    use (`tests/fixtures/vcoco_eval/README.md`, rule 8): 1 iff (v, o) is an HOI class of the
+    table (all 29 verbs have a (verb, no-object) class), plus the column of ones that the
+    reference appends for the last logit. `vcoco_topk` reads only the columns of labels it can
+    predict (0..O-1), so the real `corre_vcoco.npy` [V, O - 1] with a ones column appended for
+    the no-object label also works there.
+
+    Args:
+      hoi_to_verb, hoi_to_obj: [K] int verb and object index of each HOI class.
+      num_verbs: V.
+      num_obj_logits: O + 1, the width of the object logits (V-COCO: 82).
+    """
+    mat = np.zeros((num_verbs, num_obj_logits), np.float32)
+    mat[np.asarray(hoi_to_verb), np.asarray(hoi_to_obj)] = 1.0
+    mat[:, -1] = 1.0
+    return mat
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def vcoco_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.ndarray,
+               obj_boxes: jnp.ndarray, orig_size: jnp.ndarray, hoi_to_obj: jnp.ndarray,
+               hoi_to_verb: jnp.ndarray, correct_mat: jnp.ndarray,
+               k: int) -> dict[str, jnp.ndarray]:
+    """Top-k (query, verb) pairs per image, scored as the reference's V-COCO evaluator (§7.2).
+
+    As `vcoco_eval.py` with score_mode 1 (rule 8 of `tests/fixtures/vcoco_eval/README.md`):
+      s[q, c] = sigmoid(hoi_logits)[q, c] + sigmoid(obj_logits)[q, hoi_to_obj[c]] ** 2;
+      verb score[q, v] = max of s[q, c] over the HOI classes c of verb v;
+      times correct_mat[v, label[q]], label[q] = argmax of softmax(obj_logits[q])[:-1], i.e. the
+      predicted object over the O table objects, V-COCO's no-object class (80) included and the
+      last ("nothing") logit left out, as `PostProcessHOITriplet` does;
+      then the k best of the flattened N * V scores, descending.
+    Ties: `jax.lax.top_k` puts the lower flat index (q * V + v) first, the order of the
+    reference's stable descending sort.
+
+    Args:
+      hoi_logits: [B, N, K] final-layer HOI logits.
+      obj_logits: [B, N, O + 1] final-layer object logits (V-COCO: 81 objects + "nothing").
+      sub_boxes, obj_boxes: [B, N, 4] cxcywh normalised by the unpadded image size.
+      orig_size: [B, 2] (h, w) of the original images, in pixels.
+      hoi_to_obj, hoi_to_verb: [K] int object and verb index of each HOI class.
+      correct_mat: [V, C] verb-object validity, C >= O (`vcoco_correct_mat`).
+      k: pairs kept per image (static), 1 <= k <= N * V.
+
+    Returns:
+      Dict with `scores` [B, k] (descending), `verb_ids` [B, k] i32, `query_ids` [B, k] i32,
+      `sub_xyxy`, `obj_xyxy` [B, N, 4] xyxy pixels of the original image, and `obj_labels`
+      [B, N] i32, the predicted object label of each query.
+    """
+    batch, num_queries, _ = hoi_logits.shape
+    num_verbs, num_cols = correct_mat.shape
+    num_labels = obj_logits.shape[-1] - 1
+    if num_cols < num_labels:
+        raise ValueError(f"vcoco_topk: correct_mat has {num_cols} columns, fewer than the "
+                         f"{num_labels} object labels of obj_logits [.., {num_labels + 1}]")
+    if not 1 <= k <= num_queries * num_verbs:
+        raise ValueError(f"vcoco_topk: k={k} must be in [1, N*V={num_queries * num_verbs}]")
+    obj_scores = jax.nn.sigmoid(obj_logits)
+    hoi_scores = jax.nn.sigmoid(hoi_logits) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
+    # Every HOI score is > 0, so 0 is a neutral start for the max (and a verb without HOI
+    # classes scores 0 instead of -inf, which times a 0 in correct_mat would make NaN).
+    verb_scores = jnp.zeros((batch, num_queries, num_verbs), hoi_scores.dtype)
+    verb_scores = verb_scores.at[..., hoi_to_verb].max(hoi_scores)
+    labels = jnp.argmax(jax.nn.softmax(obj_logits, axis=-1)[..., :-1], axis=-1)
+    scores = verb_scores * jnp.take(correct_mat.T.astype(hoi_scores.dtype), labels, axis=0)
+    top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_verbs), k)
+    return {
+        "scores": top_scores,
+        "verb_ids": (flat % num_verbs).astype(jnp.int32),
+        "query_ids": (flat // num_verbs).astype(jnp.int32),
+        "sub_xyxy": pixel_xyxy(sub_boxes, orig_size),
+        "obj_xyxy": pixel_xyxy(obj_boxes, orig_size),
+        "obj_labels": labels.astype(jnp.int32),
     }
 
 
