@@ -17,6 +17,8 @@ def hoiclip_config(dataset: str) -> mlc.ConfigDict:
     config.optim = optim_config()
     config.train = train_config()
     config.eval = eval_config()
+    # One setting for the data and the model: setting either field sets both.
+    config.model.zero_shot = config.dataset.get_ref("zero_shot")
     return config
 
 
@@ -113,6 +115,11 @@ def model_config(dataset: str) -> mlc.ConfigDict:
     m.inter_dim_feedforward = 2048
     m.q_inter = "mean"           # 'mean' (paper) | 'mix2x2' (reproduction report)
     m.verb_weight = 0.1 if dataset == "vcoco" else 0.5
+    # Zero-shot setting (§1.6, §3.4); `hoiclip_config` links it to dataset.zero_shot (a
+    # reference: setting either sets both). Not 'none': in training the HOI classifier and
+    # verb2hoi keep the seen classes' columns only (ascending) and the HOI labels likewise; in
+    # evaluation all classes, without the classifier bias. The parameters hold all classes.
+    m.zero_shot = "none"
     # E_v file [V, embed_dim]; empty: mean of each verb's HOI text embeddings
     m.verb_features = ""
     m.logit_scale_init = 2.6592600369644165  # ln(1 / 0.07)
@@ -216,4 +223,80 @@ def eval_config() -> mlc.ConfigDict:
     e.nms_beta = 0.5
     e.overlap_iou = 0.5
     e.rare_threshold = 10        # HOI classes with < 10 training instances are rare
+    # Training-free enhancement (reference §6, hoiclip_jax/tfe.py): every k here adds a row with
+    # CLIP's top-k image-level HOI scores added to the query scores (the published HICO-Det
+    # numbers use k = 10); () is off. `tfe_weight` is the reference's `co`.
+    e.tfe_k = ()
+    e.tfe_weight = 1.0
     return e
+
+
+# ----------------------------------------------------------------------------- `:arg` options
+
+# The reproduction report's variants (§1.5, §5.2, §9.3), options of every HICO-Det and V-COCO
+# config file (`--config configs/hico5p.py:q_inter=mix2x2,verb_features=seed`); the first
+# value is the default.
+#   q_inter        'mean' (paper) | 'mix2x2' (report variant 2): config.model.q_inter.
+#   verb_features  E_v: 'text' (the text stand-in, config.model.verb_features = '') | 'original'
+#                  (§5.1, the released verb.pth) | 'seed' (§5.2, report variant 1): the .npy
+#                  `verb_features_path(<config's E_v name>, method)`, written by
+#                  `python -m hoiclip_jax.tools.verb_features --config <config> --method <method>
+#                  --out <that path>`.
+VARIANTS = {
+    "q_inter": ("mean", "mix2x2"),
+    "verb_features": ("text", "original", "seed"),
+}
+VERB_FEATURES_DIR = "params/verb_features"
+
+
+def parse_arg(arg, config_file: str, choices: dict, required: tuple = ()) -> dict:
+    """The options `key=value,key=value` after ':' in `--config <config_file>:<arg>`.
+
+    Args:
+      arg: the text after ':' (None when the command gives none).
+      config_file: the config's path, for the messages.
+      choices: option -> its allowed values (strings); the first is the default unless the
+        option is `required`.
+      required: options without a default.
+
+    Returns:
+      option -> value, for every option of `choices` (the default where not given).
+
+    Raises:
+      ValueError naming the file and the allowed options / values: an unknown option or value,
+      an item without '=', an option given twice, a required option missing.
+    """
+    usage = "; ".join(f"{k}={'|'.join(v)}" for k, v in choices.items())
+    given = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ValueError(f"{config_file}:{arg}: option {item!r} is not key=value ({usage})")
+        if key not in choices:
+            raise ValueError(f"{config_file}:{arg}: unknown option {key!r} ({usage})")
+        if key in given:
+            raise ValueError(f"{config_file}:{arg}: option {key!r} given twice")
+        if value not in choices[key]:
+            raise ValueError(f"{config_file}:{arg}: {key}={value!r} is not one of "
+                             f"{'|'.join(choices[key])}")
+        given[key] = value
+    missing = [k for k in required if k not in given]
+    if missing:
+        raise ValueError(f"{config_file} needs the option(s) {', '.join(missing)}: "
+                         f"--config {config_file}:" + ",".join(
+                             f"{k}={'|'.join(choices[k])}" for k in missing))
+    return {k: given[k] if k in given else v[0] for k, v in choices.items()}
+
+
+def verb_features_path(name: str, method: str) -> str:
+    """Where the E_v of config `name` made by `--method method` is read from (and written to)."""
+    return f"{VERB_FEATURES_DIR}/{name}_{method}.npy"
+
+
+def apply_variants(config: mlc.ConfigDict, args: dict, verb_features_name: str) -> None:
+    """Sets the `VARIANTS` options of `args` (from `parse_arg`) on `config`; E_v files are
+    looked up under `verb_features_name`."""
+    config.model.q_inter = args["q_inter"]
+    if args["verb_features"] != "text":
+        config.model.verb_features = verb_features_path(verb_features_name,
+                                                        args["verb_features"])

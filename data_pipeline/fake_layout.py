@@ -27,8 +27,11 @@ IMAGE_SIZE = (64, 48)  # (w, h)
 MIN_SUBSET = 8  # records of a fake fractional file at least, so that a small batch fills up
 
 
-def write_hico(root: str, num_train: int = 24, num_test: int = 8, seed: int = 0) -> str:
-    """Writes `root` (hico_20160224_det/) with random records over the 600 HICO-Det HOIs."""
+def write_hico(root: str, num_train: int = 24, num_test: int = 8, seed: int = 0,
+               official_mat: bool = False) -> str:
+    """Writes `root` (hico_20160224_det/) with random records over the 600 HICO-Det HOIs;
+    `official_mat` adds `anno_bbox.mat` and `anno.mat` (the official protocol's files) whose
+    test list has two more images, without any pair, than test_hico.json."""
     tables = _tables("hico")
     rng = np.random.default_rng(seed)
     train = [_hico_record(tables, rng, f"HICO_train2015_{i + 1:08d}.jpg", i + 1)
@@ -42,7 +45,56 @@ def write_hico(root: str, num_train: int = 24, num_test: int = 8, seed: int = 0)
     _write(root, files, {"train2015": train, "test2015": test}, rng)
     np.save(os.path.join(root, "annotations", "corre_hico.npy"),
             np.ones((tables.num_verbs, tables.num_objects)))
+    if official_mat:
+        empty = [{"file_name": f"HICO_test2015_{num_test + i + 1:08d}.jpg", "annotations": [],
+                  "hoi_annotation": []} for i in range(2)]
+        _write(root, {}, {"test2015": empty}, rng)
+        _write_official_mat(root, train, test + empty, tables.num_hois)
     return root
+
+
+_BOX = [(k, "O") for k in ("x1", "y1", "x2", "y2")]
+_HOI = [(k, "O") for k in ("id", "bboxhuman", "bboxobject", "connection", "invis")]
+_IMAGE = [(k, "O") for k in ("filename", "size", "hoi")]
+
+
+def _struct_array(dtype: list, rows: list) -> np.ndarray:
+    """A 1 x n MATLAB struct array for scipy.io.savemat (numbers as 1 x 1 doubles)."""
+    out = np.zeros((1, len(rows)), dtype)
+    for k, row in enumerate(rows):
+        out[0, k] = tuple(np.array([[v]], float) if isinstance(v, (int, float)) else v
+                          for v in row)
+    return out
+
+
+def _mat_images(records: list[dict]) -> np.ndarray:
+    """`bbox_<split>` of anno_bbox.mat: one visible HOI entry per pair, boxes 1-based."""
+    w, h = IMAGE_SIZE
+    size = _struct_array([(k, "O") for k in ("width", "height", "depth")], [(w, h, 3)])
+    rows = []
+    for r in records:
+        hois = []
+        for pair in r["hoi_annotation"]:
+            human, obj = (r["annotations"][pair[k]]["bbox"] for k in ("subject_id", "object_id"))
+            one_based = lambda box: [tuple(v + 1 for v in box)]
+            hois.append((pair["hoi_category_id"], _struct_array(_BOX, one_based(human)),
+                         _struct_array(_BOX, one_based(obj)), np.array([[1.0, 1.0]]), 0))
+        rows.append((r["file_name"], size, _struct_array(_HOI, hois) if hois
+                     else np.zeros((1, 0), _HOI)))
+    return _struct_array(_IMAGE, rows)
+
+
+def _write_official_mat(root: str, train: list[dict], test: list[dict], num_hois: int) -> None:
+    import scipy.io  # only here: the rest of the data pipeline does not need scipy
+    scipy.io.savemat(os.path.join(root, "anno_bbox.mat"),
+                     {"bbox_train": _mat_images(train), "bbox_test": _mat_images(test)})
+    names = np.empty((len(test), 1), object)
+    labels = np.full((num_hois, len(test)), np.nan)
+    for i, r in enumerate(test):
+        names[i, 0] = r["file_name"]
+        for pair in r["hoi_annotation"]:
+            labels[pair["hoi_category_id"] - 1, i] = 1.0
+    scipy.io.savemat(os.path.join(root, "anno.mat"), {"list_test": names, "anno_test": labels})
 
 
 def write_vcoco(root: str, num_train: int = 24, num_test: int = 8, seed: int = 0) -> str:
@@ -104,6 +156,7 @@ def _vcoco_record(tables: ClassTables, rng, file_name: str) -> dict:
 
 
 def _write(root: str, files: dict[str, list], folders: dict[str, list], rng) -> None:
+    """Annotation `files` and a noise JPEG for every record of the image `folders`."""
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     for name, records in files.items():
         with open(os.path.join(root, "annotations", name), "w") as f:

@@ -28,7 +28,7 @@ def cxcywh_to_xyxy(boxes: jnp.ndarray) -> jnp.ndarray:
 @functools.partial(jax.jit, static_argnames=("k",))
 def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.ndarray,
               obj_boxes: jnp.ndarray, orig_size: jnp.ndarray, hoi_to_obj: jnp.ndarray,
-              k: int) -> dict[str, jnp.ndarray]:
+              k: int, hoi_bonus: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
     """Top-k HOI triplets per image, scored as the reference's HICO evaluator does (§7.1).
 
     score[q, c] = sigmoid(hoi_logits)[q, c] + sigmoid(obj_logits)[q, hoi_to_obj[c]] ** 2: a sum,
@@ -48,6 +48,8 @@ def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.n
       orig_size: [B, 2] (h, w) of the original images, in pixels.
       hoi_to_obj: [K] int object index of each HOI class.
       k: number of triplets kept per image (static), 1 <= k <= N * K.
+      hoi_bonus: optional [B, K] added to sigmoid(hoi_logits) of every query of an image
+        (training-free enhancement, `hoiclip_jax.tfe`).
 
     Returns:
       Dict with `scores` [B, k] f32 (descending), `hoi_ids` [B, k] i32, `query_ids` [B, k] i32
@@ -58,7 +60,7 @@ def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.n
     if not 1 <= k <= num_queries * num_hois:
         raise ValueError(f"hico_topk: k={k} must be in [1, N*K={num_queries * num_hois}]")
     obj_scores = jax.nn.sigmoid(obj_logits)
-    scores = jax.nn.sigmoid(hoi_logits) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
+    scores = _hoi_scores(hoi_logits, hoi_bonus) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
     top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_hois), k)
     return {
         "scores": top_scores,
@@ -67,6 +69,12 @@ def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.n
         "sub_xyxy": pixel_xyxy(sub_boxes, orig_size),
         "obj_xyxy": pixel_xyxy(obj_boxes, orig_size),
     }
+
+
+def _hoi_scores(hoi_logits: jnp.ndarray, hoi_bonus: jnp.ndarray | None) -> jnp.ndarray:
+    """sigmoid(hoi_logits) [B, N, K], plus `hoi_bonus` [B, K] for every query when given."""
+    scores = jax.nn.sigmoid(hoi_logits)
+    return scores if hoi_bonus is None else scores + hoi_bonus[:, None, :].astype(scores.dtype)
 
 
 def pixel_xyxy(boxes: jnp.ndarray, orig_size: jnp.ndarray) -> jnp.ndarray:
@@ -107,7 +115,7 @@ def vcoco_correct_mat(hoi_to_verb: np.ndarray, hoi_to_obj: np.ndarray, num_verbs
 def vcoco_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.ndarray,
                obj_boxes: jnp.ndarray, orig_size: jnp.ndarray, hoi_to_obj: jnp.ndarray,
                hoi_to_verb: jnp.ndarray, correct_mat: jnp.ndarray,
-               k: int) -> dict[str, jnp.ndarray]:
+               k: int, hoi_bonus: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
     """Top-k (query, verb) pairs per image, scored as the reference's V-COCO evaluator (§7.2).
 
     As `vcoco_eval.py` with score_mode 1 (rule 8 of `tests/fixtures/vcoco_eval/README.md`):
@@ -128,6 +136,7 @@ def vcoco_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.
       hoi_to_obj, hoi_to_verb: [K] int object and verb index of each HOI class.
       correct_mat: [V, C] verb-object validity, C >= O (`vcoco_correct_mat`).
       k: pairs kept per image (static), 1 <= k <= N * V.
+      hoi_bonus: optional [B, K] added to sigmoid(hoi_logits) of every query (TFE).
 
     Returns:
       Dict with `scores` [B, k] (descending), `verb_ids` [B, k] i32, `query_ids` [B, k] i32,
@@ -143,7 +152,8 @@ def vcoco_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.
     if not 1 <= k <= num_queries * num_verbs:
         raise ValueError(f"vcoco_topk: k={k} must be in [1, N*V={num_queries * num_verbs}]")
     obj_scores = jax.nn.sigmoid(obj_logits)
-    hoi_scores = jax.nn.sigmoid(hoi_logits) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
+    hoi_scores = (_hoi_scores(hoi_logits, hoi_bonus)
+                  + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2)
     # Every HOI score is > 0, so 0 is a neutral start for the max (and a verb without HOI
     # classes scores 0 instead of -inf, which times a 0 in correct_mat would make NaN).
     verb_scores = jnp.zeros((batch, num_queries, num_verbs), hoi_scores.dtype)

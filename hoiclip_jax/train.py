@@ -109,24 +109,19 @@ def log_parameter_counts(state) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def make_evaluator(model, config, data: TrainData, mesh) -> Callable[[dict], dict]:
-    """`evaluate(state) -> summary` ({mAP, mAP_rare, mAP_non_rare, mean_max_recall}, or unseen /
-    seen in a zero-shot setting; fractions, None for a mean over no class) on the test split,
-    compiled once for the whole run. The reference evaluates on the test split every epoch and
-    selects its best checkpoint there (§4.1)."""
-    tables = data.tables
-    test = evaluation.load_test_set(config, tables, data.split.hoi_counts)
-    predict = evaluation.make_predict_fn(model, tables, config.eval.max_hois, mesh)
+def make_evaluator(model, config, data: TrainData, mesh) -> Callable[[dict, int], object]:
+    """`evaluate(state, step) -> evaluation.Report` on the test split in the data set's default
+    protocol (python for HICO-Det, the proxy for V-COCO; TFE rows as `eval.tfe_k`), compiled
+    once for the whole run. The reference evaluates on the test split every epoch and selects
+    its best checkpoint there (§4.1); so does this run, by `report.main_key` of the first row."""
+    evaluator = evaluation.Evaluator(model, config, data.tables, mesh,
+                                     train_hoi_counts=data.split.hoi_counts)
 
-    def evaluate_state(state: dict) -> dict:
+    def evaluate_state(state: dict, step: int):
         params = optim.merge_params(state["trainable"], state["frozen"])
-        predictions = evaluation.predict_dataset(predict, params, test.split, tables, config,
-                                                 mesh)
-        metrics = evaluation.evaluate_predictions(predictions, test.split.records, test.groups,
-                                                  tables.num_hois, config.eval)
-        return evaluation.summarise(metrics, test.groups)
+        report, _ = evaluator(params, f"step {step}")
+        return report
 
-    evaluate_state.groups = test.groups  # for the table headers
     return evaluate_state
 
 
@@ -262,15 +257,26 @@ def end_epoch(run: Run, state: dict, epoch: int) -> None:
     step = (epoch + 1) * run.data.steps_per_epoch
     meta = run.data.meta(run.config, step, run.data_digest)
     if run.evaluator is not None and evaluation_due(run.config, epoch):
-        metrics = run.evaluator(state)
-        mAP = math.nan if metrics["mAP"] is None else metrics["mAP"]
+        report = run.evaluator(state, step)
+        value = report.main[report.main_key]
         run.ckpt.wait()  # one manager writing at a time (see BestCheckpointer.save_if_better)
-        better = run.best.save_if_better(step, state, meta, mAP)
-        run.log.evaluation(step, epoch, metrics, better)
-        logging.info("Epoch %d test mAP (%%), best at step %s:\n%s", epoch + 1,
-                     run.best.best()[0], evaluation.format_table({f"step {step}": metrics},
-                                                          run.evaluator.groups))
+        better = run.best.save_if_better(step, state, meta,
+                                         math.nan if value is None else value)
+        run.log.evaluation(step, epoch, flat_metrics(report), better)
+        logging.info("Epoch %d test %s (%%), best at step %s:\n%s", epoch + 1, report.protocol,
+                     run.best.best()[0], report.table())
     run.ckpt.save(step, state, meta)
+
+
+def flat_metrics(report) -> dict:
+    """The report's rows as one flat dict for the run log: the first row's keys as they are,
+    the other rows' (TFE, Known-Object) prefixed by what their names add."""
+    first, *others = report.rows
+    flat = dict(report.rows[first])
+    for name in others:
+        prefix = name.removeprefix(first).strip().replace(" ", "_").replace("=", "")
+        flat.update({f"{prefix}/{k}": v for k, v in report.rows[name].items()})
+    return flat
 
 
 def check_finite(metrics: dict, step: int) -> None:

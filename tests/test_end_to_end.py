@@ -50,8 +50,8 @@ def test_train_resume_and_evaluate(run):
     saved = checkpoints.read_config(workdir)
     assert saved.model.hidden_dim == config.model.hidden_dim
 
-    result, predictions, test, _ = evaluate.run(config, workdir, None, untrained=False)
-    assert len(predictions) == len(test.split) == NUM_TEST
+    result, predictions, evaluator, _ = evaluate.run(config, workdir, None, untrained=False)
+    assert len(predictions) == len(evaluator.records) == NUM_TEST
     assert result["checkpoint"] == f"step {2 * steps_per_epoch}"
     assert 0.0 <= result["mAP"] <= 1.0 and 0.0 <= result["mean_max_recall"] <= 1.0
     for key in ("mAP_rare", "mAP_non_rare"):  # None when no class of that kind was predicted

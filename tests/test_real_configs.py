@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from data_pipeline import fake_layout
@@ -43,13 +44,43 @@ def test_hico5p_builds_the_subset_trains_and_evaluates(tmp_path):
     assert "trainval_hico_5%.json" in log  # the authors' file was found, not sampled
 
 
-def test_vcoco_builds_and_trains(tmp_path):
+def test_vcoco_builds_trains_and_evaluates_with_the_proxy(tmp_path):
     root = fake_layout.write_vcoco(str(tmp_path / "v-coco"), num_train=8, num_test=4)
-    records, _ = run_train(os.path.join(REPO, "configs/vcoco.py"), root, tmp_path, {})
+    records, log = run_train(os.path.join(REPO, "configs/vcoco.py"), root, tmp_path,
+                             {"train.eval_every_epochs": 1, "eval.tfe_k": (5,)})
     steps = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["loss"] > 0 for r in steps)
     assert os.path.isdir(tmp_path / "tfds" / "vcoco")
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 1 and 0.0 <= evals[0]["mAP_all"] <= 1.0
+    assert 0.0 <= evals[0]["TFE_k5/mAP_thesis"] <= 1.0
+    assert "corre_vcoco.npy" not in log  # the fake folder has it: no stand-in warning
+
+
+def test_evaluate_cli_official_protocol_tfe_and_mat_export(tmp_path):
+    root = fake_layout.write_hico(str(tmp_path / "hico_20160224_det"), num_train=8,
+                                  num_test=4, official_mat=True)
+    overrides = helpers.smoke_overrides(root, str(tmp_path / "tfds"))
+    out, mats = tmp_path / "metrics.json", tmp_path / "mat"
+    command = [sys.executable, "-m", "hoiclip_jax.evaluate", "--config",
+               os.path.join(REPO, "configs/hico.py"), "--workdir", str(tmp_path / "run"),
+               "--untrained", "--protocol", "official", "--tfe_k", "3,7", "--out", str(out),
+               "--export_mat", str(mats), *helpers.override_flags(overrides)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    with open(out) as f:
+        metrics = json.load(f)
+    assert metrics["protocol"] == "official" and metrics["checkpoint"] == "untrained"
+    assert list(metrics["rows"]) == [
+        f"untrained{tfe} {setting}" for tfe in ("", " TFE k=3", " TFE k=7")
+        for setting in ("Default", "Known-Object")]
+    assert metrics["mAP"] == metrics["rows"]["untrained Default"]["mAP"]
+    assert "2 test images without a pair" in done.stderr  # the .mat's extra images
+    predictions = np.load(tmp_path / "metrics_predictions.npz")
+    assert len(predictions["file_names"]) == 6
+    assert predictions["scores_tfe7"].shape == predictions["scores"].shape
+    assert len(os.listdir(mats)) == 80
 
 
 @pytest.mark.parametrize("write", [fake_layout.write_hico, fake_layout.write_vcoco])
