@@ -36,6 +36,10 @@ demo: data-demo
 	$(PY) -m hoiclip_jax.train --config configs/demo.py --workdir $(DEMO_RUN)
 	$(PY) -m hoiclip_jax.evaluate --config configs/demo.py --workdir $(DEMO_RUN) \
 	  --compare $(DEMO_RUN)/eval_metrics_untrained.json --pictures 6
+	$(PY) -m hoiclip_jax.predict --workdir $(DEMO_RUN) --top 5 --out $(DEMO_RUN)/predict \
+	  --image $(DEMO_DATA)/images/test2015/HICO_test2015_0000000{2,5,4}.jpg
+	@echo "Prediction pictures: $(DEMO_RUN)/predictions.png (6 test images, top 3 each) and" \
+	  "$(DEMO_RUN)/predict/*.png (hoiclip_jax.predict, one per image)"
 
 params: $(STAMP)
 	for c in demo hico hico5p vcoco; do $(PY) -m hoiclip_jax.tools.param_count --config configs/$$c.py; done

@@ -38,6 +38,13 @@ from hoiclip_jax.models.tokenizer import build_tokenizer
 
 
 STANDARD_NORMAL = nn.initializers.normal(1.0)
+# The collection of the features sown for analysis (`hoiclip_jax.analysis.Predictor`); only
+# filled when `apply` is given `mutable=[INTERMEDIATES]`, else `sow` does nothing:
+#   clip_tokens [B, T, W]    CLIP ln_post of all tokens (V_s, §1.5 step 3)
+#   interaction/queries [B, N, W]   Q_inter (§1.5 step 2)
+#   o_inter [L, B, N, E]     O_inter, the interaction decoder's output in CLIP space (§1.5 step 5)
+#   verb_logits [L, B, N, V] S_v, the verb-adapter logits before verb2hoi (§1.6)
+INTERMEDIATES = "intermediates"
 # The heads (box MLPs, object and HOI classifiers, verb adapter) always compute in float32: they
 # are a tiny share of the FLOPs (a few [L, B, 2N, D] matmuls) and feed the losses and the matcher
 # directly. In bfloat16 (8-bit mantissa) the sigmoid boxes would be rounded to steps of 2e-3 to
@@ -161,6 +168,7 @@ class HOICLIP(nn.Module):
         memory, ins_hs = self.detect(image, pixel_mask, deterministic)
         h_hs, o_hs = ins_hs[:, :, :self.num_queries], ins_hs[:, :, self.num_queries:]
         clip_embeds, clip_tokens = self.clip.encode_image(clip_image)
+        self.sow(INTERMEDIATES, "clip_tokens", clip_tokens)
         inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic)
         # The frozen CLIP visual projection maps the decoder output into the joint space (§1.5.5).
         outputs = {
@@ -212,6 +220,8 @@ class HOICLIP(nn.Module):
         scale = jnp.exp(self.logit_scale)
         s_inter = scale * self.hoi_visual_projection(l2_normalize(o_inter))
         s_verb = scale * self.verb_projection(l2_normalize(self.inter2verb(o_inter)))
+        self.sow(INTERMEDIATES, "o_inter", o_inter)
+        self.sow(INTERMEDIATES, "verb_logits", s_verb)
         verb2hoi = np.zeros((self.num_verbs, self.num_hois), np.float32)  # a constant
         verb2hoi[tuple(np.array(self.verb2hoi_entries).T)] = 1.0
         return s_inter + self.verb_weight * s_verb @ jnp.asarray(verb2hoi, s_verb.dtype)

@@ -121,6 +121,8 @@ class InteractionDecoder(nn.Module):
         memory_clip = layer_norm("memory_norm", self.dtype)(
             _dense(self.width, dim, "memory_proj", self.dtype)(memory))
         tgt = InteractionQuery(self.width, self.q_inter, self.dtype, name="q_inter")(h_last, o_last)
+        # Q_inter, for analysis (see hoiclip.INTERMEDIATES); "q_inter" is the submodule's name.
+        self.sow("intermediates", "queries", tgt)
         norm = layer_norm("norm", self.dtype)
         outputs = []
         for i in range(self.num_layers):
