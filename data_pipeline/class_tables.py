@@ -116,13 +116,16 @@ def load_class_tables(dataset_config) -> ClassTables:
 
 
 def load_json(path: str, error: type[Exception] = ValueError):
-    """json.load of `path`; a syntax error raises `error` naming the file, line and column."""
-    with open(path) as f:
+    """json.load of `path`; a syntax error (a truncated file included) raises `error` naming the
+    file, line and column, and bytes that are not UTF-8 name the file and the byte offset."""
+    with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: "
                         f"{e.msg}") from None
+        except UnicodeDecodeError as e:  # e.g. a file cut inside a multi-byte character
+            raise error(f"{path}: not UTF-8 text at byte {e.start}: {e.reason}") from None
 
 
 def read_class_tables(path: str, name: str) -> ClassTables:

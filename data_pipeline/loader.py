@@ -10,9 +10,21 @@ and a worker never splits one. With `dataset.buckets`, every process pads batch 
 canvas: the smallest bucket that holds the output sizes of all B images of the global batch,
 which each process computes from the image sizes (file headers for the other processes' rows)
 and the examples' augmentation plans, without decoding those images.
+
+Unreadable images: an image that is missing or cannot be decoded when a training batch is made
+(the folder source only checks headers when it loads a split) is skipped, logged and counted
+(`unreadable_counts`), and its row becomes a copy of the example of the next readable row of the
+same global batch (wrapping around), augmentation included. So the batch keeps its shape, its
+canvas (the copied example's size is already part of it) and its determinism: every process,
+and every resumed run, makes the same substitution, as it depends only on the files. Only a
+batch whose images are all unreadable is an error. In evaluation every image is needed: an
+unreadable one is an error naming the file.
 """
+import collections
 import dataclasses
+import logging
 import os
+import threading
 from typing import Callable, Iterator, Optional, Union
 
 import grain
@@ -29,6 +41,27 @@ from data_pipeline.hico_reader import HoiRecord
 # dataset.buckets on several processes it sizes the other processes' images without decoding
 # them (without it they are decoded once more for their size).
 Images = Union[str, Callable[[HoiRecord], Image.Image]]
+# PIL's errors for a file it cannot decode (truncated data, unknown format, bad header, ...).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class UnreadableImageError(OSError):
+    """An image that cannot be decoded; the message names the file and the record."""
+
+
+# What a training batch skips (and substitutes); evaluation raises on them instead.
+UNREADABLE = (FileNotFoundError, UnreadableImageError)
+# file name -> times its image was unreadable while making training batches, in this process.
+_UNREADABLE = collections.Counter()
+_UNREADABLE_LOCK = threading.Lock()  # grain's prefetch threads make batches concurrently
+
+
+def unreadable_counts() -> dict[str, int]:
+    """{file name: times skipped} of the training images this process could not read (with
+    `dataset.num_workers` > 0 the skips happen, and are counted, in the worker processes; the
+    log has them all)."""
+    with _UNREADABLE_LOCK:
+        return dict(_UNREADABLE)
 
 
 def training_records(records: list[HoiRecord]) -> list[HoiRecord]:
@@ -56,8 +89,16 @@ class FolderImages:
     image_dir: str
 
     def __call__(self, record: HoiRecord) -> Image.Image:
+        """The RGB image (grayscale, palette, CMYK, ... converted as the reference's
+        `convert('RGB')`); UnreadableImageError when it cannot be decoded."""
         with self._open(record) as image:
-            return image.convert("RGB")
+            try:
+                return image.convert("RGB")
+            except DECODE_ERRORS as e:
+                raise UnreadableImageError(
+                    f"image of record {record.image_id} cannot be decoded: "
+                    f"{os.path.join(self.image_dir, record.file_name)} ({type(e).__name__}: "
+                    f"{e})") from e
 
     def size(self, record: HoiRecord) -> tuple[int, int]:
         """(w, h) from the file header; nothing is decoded."""
@@ -71,6 +112,9 @@ class FolderImages:
         except FileNotFoundError:
             raise FileNotFoundError(f"image of record {record.image_id} not found: "
                                     f"{path}") from None
+        except DECODE_ERRORS as e:
+            raise UnreadableImageError(f"image of record {record.image_id} cannot be read: "
+                                       f"{path} ({type(e).__name__}: {e})") from e
 
 
 def _image_source(images: Images) -> Callable[[HoiRecord], Image.Image]:
@@ -176,17 +220,24 @@ class _Layout:
         return range(first, first + self.local)
 
 
-def _canvas(dataset_config, images, records: list, decoded: dict, output_size) -> \
-        Optional[tuple[int, int]]:
+def _canvas(dataset_config, images, records: list, decoded: dict, output_size,
+            skip_unreadable: bool = False) -> Optional[tuple[int, int]]:
     """The batch's canvas: None (= dataset.canvas) without buckets, else the smallest bucket
     holding `output_size(record, (w, h))` of every record; `decoded` maps a row's position to its
-    image where it is already decoded."""
+    image where it is already decoded. `skip_unreadable`: a record whose size cannot be read is
+    left out (training: its row holds a copy of another row, whose size is counted), the same
+    on every process since it depends only on the file."""
     if not dataset_config.buckets:
         return None
     size_of = getattr(images, "size", None) or (lambda record: images(record).size)
     sizes = []
     for i, record in enumerate(records):
-        size = decoded[i].size if i in decoded else size_of(record)
+        try:
+            size = decoded[i].size if i in decoded else size_of(record)
+        except UNREADABLE:
+            if not skip_unreadable:
+                raise
+            continue
         sizes.append(output_size(record, size))
     return transforms.batch_canvas(sizes, dataset_config)
 
@@ -205,14 +256,46 @@ class _TrainBatch:
     def __call__(self, step: int) -> dict:
         rows, mine = self.layout.rows(step), self.layout.mine(step)
         records = [self.shuffled[r] for r in rows]
-        decoded = {r - rows.start: self.images(records[r - rows.start]) for r in mine}
-        canvas = _canvas(self.dataset_config, self.images, records, decoded, self._size)
-        out = _image_rows(self.dataset_config, canvas, len(decoded))
+        decoded, failed = {}, {}
+        for i in (r - rows.start for r in mine):
+            try:
+                decoded[i] = self.images(records[i])
+            except UNREADABLE as e:
+                failed[i] = e
+        # source[i]: the row whose example row i holds (itself unless its image is unreadable).
+        source = {i: i for i in decoded}
+        for i, error in failed.items():
+            source[i] = self._substitute(step, i, records, decoded, failed, error)
+        canvas = _canvas(self.dataset_config, self.images, records, decoded, self._size,
+                         skip_unreadable=True)
+        out = _image_rows(self.dataset_config, canvas, len(source))
         return _stack([
-            transforms.train_example(decoded[i], records[i], self.tables, self.dataset_config,
-                                     example_rng(self.seed, self.epoch, records[i]), canvas,
+            transforms.train_example(decoded[j], records[j], self.tables, self.dataset_config,
+                                     example_rng(self.seed, self.epoch, records[j]), canvas,
                                      out[row])
-            for row, i in enumerate(sorted(decoded))], out)
+            for row, j in enumerate(source[i] for i in sorted(source))], out)
+
+    def _substitute(self, step: int, i: int, records: list, decoded: dict, failed: dict,
+                    error: OSError) -> int:
+        """The next row after `i` (wrapping around) of the global batch whose image decodes
+        (decoded into `decoded` here if another process owns it); logs and counts the skip."""
+        n = len(records)
+        for j in ((i + k) % n for k in range(1, n)):
+            if j not in decoded and j not in failed:
+                try:
+                    decoded[j] = self.images(records[j])
+                except UNREADABLE as e:
+                    failed[j] = e
+                    continue
+            if j in decoded:
+                with _UNREADABLE_LOCK:
+                    _UNREADABLE[records[i].file_name] += 1
+                logging.warning("epoch %d batch %d: skipped unreadable image (%s); its row holds "
+                                "a copy of %s (record %d)", self.epoch, step, error,
+                                records[j].file_name, records[j].image_id)
+                return j
+        raise type(error)(f"epoch {self.epoch} batch {step}: none of the {n} images of the "
+                          f"global batch can be read; first: {error}") from error
 
     def _size(self, record: HoiRecord, size: tuple[int, int]) -> tuple[int, int]:
         rng = example_rng(self.seed, self.epoch, record)

@@ -7,8 +7,12 @@ the tensorflow-datasets build, with the zero-shot filter applied to the training
     split[i]                # (records[i], image): a random-access source for grain
 
 `dataset.builder` picks the source:
-- 'folder' reads `root/annotations/<file>` and the image files (existing images only: a missing
-  one is skipped and logged; a corrupt one is only found when decoded during training);
+- 'folder' reads `root/annotations/<file>` and the image files. Loading reads every image's
+  header (not its pixels): a missing image or one whose header is unreadable is skipped, logged
+  and counted (`skipped_images`); in the training split the boxes are clamped to the image and
+  the degenerate ones removed with their HOIs, counted and logged, as the tfds builders do. Pixel
+  data that turns out corrupt when decoded is handled by the loader (a training batch skips the
+  image, counted; evaluation stops naming it).
 - 'tfds' reads the array_record build of `root` (`hico_det.HicoDet` / `vcoco.Vcoco`) in
   `dataset.tfds_data_dir`; build it first with `prepare` (on one process) or
   `python -m data_pipeline.sources --config <config>`. No TensorFlow is imported.
@@ -24,7 +28,8 @@ from PIL import Image
 
 from data_pipeline import hico_det, hoi_tfds, loader, splits, vcoco
 from data_pipeline.class_tables import ClassTables, load_class_tables
-from data_pipeline.hico_reader import HoiRecord, hoi_instance_counts, read_annotations
+from data_pipeline.hico_reader import (HoiRecord, clamp_boxes, count_inverted,
+                                       hoi_instance_counts, read_annotations)
 
 BUILDERS = ("folder", "tfds")
 # The files the tfds builders read (reference layout, §3.1): dataset.<field> must match.
@@ -49,6 +54,9 @@ class HoiSplit:
             counts gives the rare / non-rare classes.
         zero_shot: what the zero-shot filter removed (nothing for 'none' and the test split).
         skipped_images: file names of the images left out (missing or corrupt).
+        boxes_removed: degenerate boxes (zero area, inverted or outside the image) removed from
+            the records, with `hois_removed` HOIs on them (training splits; 0 for test splits,
+            whose boxes are the evaluation's ground truth).
     """
     name: str
     records: list[HoiRecord]
@@ -56,6 +64,8 @@ class HoiSplit:
     hoi_counts: np.ndarray
     zero_shot: splits.ZeroShotStats
     skipped_images: tuple[str, ...]
+    boxes_removed: int = 0
+    hois_removed: int = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -85,7 +95,12 @@ class TfdsImages:
         if name != record.file_name:
             raise ValueError(f"{self.where}: example of image id {record.image_id} is {name!r}, "
                              f"the record is {record.file_name!r}; rebuild the data set")
-        return hoi_tfds.decode_image(example["image"])
+        try:
+            return hoi_tfds.decode_image(example["image"])
+        except loader.DECODE_ERRORS as e:  # checked when built: the stored bytes changed
+            raise loader.UnreadableImageError(
+                f"{self.where}: image {name} (record {record.image_id}) cannot be decoded "
+                f"({type(e).__name__}: {e})") from e
 
 
 def load_split(dataset_config, tables: ClassTables, split: str) -> HoiSplit:
@@ -95,12 +110,15 @@ def load_split(dataset_config, tables: ClassTables, split: str) -> HoiSplit:
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r}: expected 'train' or 'test'")
     if d.builder == "folder":
-        records, images, counts, skipped = _from_folder(d, tables, split)
+        records, images, counts, skipped, removed = _from_folder(d, tables, split)
     else:
-        records, images, counts, skipped = _from_tfds(d, split)
+        records, images, counts, skipped, removed = _from_tfds(d, split)
+    if split == "test" and (inverted := count_inverted(records)):
+        logging.warning("test split: %d inverted ground-truth boxes (x2 < x1 or y2 < y1), kept "
+                        "as the reference keeps them; no prediction can match them", inverted)
     setting = d.zero_shot if split == "train" else "none"  # the evaluation sees every class
     records, stats = splits.filter_zero_shot(records, tables, setting)
-    return HoiSplit(split, records, images, counts, stats, skipped)
+    return HoiSplit(split, records, images, counts, stats, skipped, *removed)
 
 
 def prepare(dataset_config) -> tfds.core.DatasetBuilder:
@@ -154,17 +172,24 @@ def _from_folder(d, tables: ClassTables, split: str):
                              else d.test_images)
     records = read_annotations(os.path.join(d.root, "annotations", file_name), tables)
     counts = hoi_instance_counts(records, tables.num_hois)
-    missing = [r.file_name for r in records
-               if not os.path.exists(os.path.join(image_dir, r.file_name))]
-    for name in missing:
-        logging.warning("%s split: skipped image %s: missing", split,
-                        os.path.join(image_dir, name))
-    if missing:
-        logging.warning("%s split: %d of %d images missing, skipped", split, len(missing),
-                        len(records))
-        absent = set(missing)
-        records = [r for r in records if r.file_name not in absent]
-    return records, loader.FolderImages(image_dir), counts, tuple(missing)
+    images = loader.FolderImages(image_dir)
+    kept, skipped, boxes_removed, hois_removed = [], [], 0, 0
+    for record in records:
+        try:
+            width, height = images.size(record)  # the header only
+        except loader.UNREADABLE as e:
+            logging.warning("%s split: skipped image: %s", split, e)
+            skipped.append(record.file_name)
+            continue
+        if split == "train":  # the test boxes are the evaluation's ground truth
+            record, boxes, hois = clamp_boxes(record, height, width)
+            boxes_removed, hois_removed = boxes_removed + boxes, hois_removed + hois
+        kept.append(record)
+    logging.log(logging.WARNING if skipped else logging.INFO,
+                "%s split of %s: %d images, %d skipped (missing or unreadable); %d degenerate "
+                "boxes and %d HOIs on them removed", split, file_name, len(kept), len(skipped),
+                boxes_removed, hois_removed)
+    return kept, images, counts, tuple(skipped), (boxes_removed, hois_removed)
 
 
 def _from_tfds(d, split: str):
@@ -183,7 +208,8 @@ def _from_tfds(d, split: str):
                          f"its index {len(index.records)}; rebuild the data set")
     positions = {r.image_id: i for i, r in enumerate(index.records)}
     images = TfdsImages(source, positions, builder.data_dir)
-    return index.records, images, index.hoi_counts, index.skipped_images
+    return (index.records, images, index.hoi_counts, index.skipped_images,
+            (index.boxes_removed, index.hois_removed))
 
 
 def main(argv) -> None:

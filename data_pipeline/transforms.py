@@ -145,16 +145,27 @@ def check_dataset_config(dataset_config) -> None:
     d = dataset_config
     _check_augmentation(d)
     for bucket in d.buckets:
-        if len(bucket) != 2 or min(bucket) <= 0 or any(int(s) != s for s in bucket):
-            raise ValueError(f"dataset.buckets entry {tuple(bucket)}: must be (H, W), two "
-                             f"positive integers")
+        if not _is_size(bucket):
+            raise ValueError(f"dataset.buckets entry {bucket!r}: must be (H, W), two positive "
+                             f"integers")
+    if not _is_size(d.canvas):
+        raise ValueError(f"dataset.canvas {d.canvas!r}: must be (H, W), two positive integers")
     if d.augmentation == "reference":
+        if not _is_size(d.crop_size):
+            raise ValueError(f"dataset.crop_size {d.crop_size!r}: must be (min, max), two "
+                             f"positive integers")
         lo, hi = d.crop_size
         if not 0 < lo <= hi or lo > min(d.crop_resize_sides):
             raise ValueError(f"dataset.crop_size {tuple(d.crop_size)}: needs 0 < min <= max and "
                              f"min <= every dataset.crop_resize_sides {d.crop_resize_sides}")
         if not 0.0 <= d.multiscale_prob <= 1.0:
             raise ValueError(f"dataset.multiscale_prob {d.multiscale_prob} is not a probability")
+
+
+def _is_size(value) -> bool:
+    """Two positive integers (a tuple or list, as configs and JSON give them)."""
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
 def _check_augmentation(d) -> None:

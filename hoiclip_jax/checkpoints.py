@@ -11,11 +11,21 @@ the keep-last-k rule of `checkpoints/` can never delete it, and resuming always 
 Each checkpoint holds the state (`state`) and a small JSON (`meta`) with what is needed to
 continue the data stream exactly (see `data_meta`). The config of the run is written once as
 `<workdir>/config.json` for people and tools.
+
+Failures raise `CheckpointError` naming the folder:
+- a write that fails (disk full, ...) surfaces at the next `save`, `wait` or `close`: the step
+  being written stays a temporary folder, the finished checkpoints are untouched, and the train
+  state in memory is not affected (orbax copied it to the host before writing);
+- `restore` first compares the checkpoint's saved tree (names, shapes, dtypes: a small metadata
+  file) with the state it is asked for, and lists every difference (a checkpoint of another model
+  or config): orbax itself would silently restore an array of another shape. A checkpoint whose
+  files are truncated or missing fails when read; either way nothing is restored.
 """
+import contextlib
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,6 +37,11 @@ CONFIG_FILE = "config.json"
 # where it stopped: the order of epoch e is a permutation fixed by (seed, e) over the training
 # records, cut into batches of batch_size (loader.train_batches).
 DATA_FIELDS = ("seed", "batch_size", "num_train", "steps_per_epoch")
+_LISTED = 10  # differences listed per kind in a CheckpointError
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written or read; the message names the folder."""
 
 
 def _manager(directory: str, keep: int, read_only: bool = False,
@@ -36,7 +51,21 @@ def _manager(directory: str, keep: int, read_only: bool = False,
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only,
                                            cleanup_tmp_directories=not read_only, **best)
-    return ocp.CheckpointManager(directory, options=options)
+    # Named handlers let `item_metadata` read the saved tree (shapes, dtypes) before a restore.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def _write_errors(manager: ocp.CheckpointManager, directory: str) -> Iterator[None]:
+    """Turns a failed (possibly earlier, asynchronous) write into a CheckpointError."""
+    try:
+        yield
+    except Exception as e:
+        raise CheckpointError(
+            f"{directory}: writing a checkpoint failed ({type(e).__name__}: {e}); the finished "
+            f"checkpoints {list(manager.all_steps())} are intact (the partial folder is deleted "
+            f"when the folder is next opened for writing)") from e
 
 
 def _save_args(state: Any, meta: dict) -> ocp.args.Composite:
@@ -59,25 +88,57 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts an asynchronous save; the caller may keep training (and donate `state`): the
-        device-to-host copy is done when this returns, the file writes go on in a thread."""
-        self._manager.save(step, args=_save_args(state, meta), force=True)
+        device-to-host copy is done when this returns, the file writes go on in a thread. An
+        earlier save that failed raises CheckpointError here."""
+        with _write_errors(self._manager, self.directory):
+            self._manager.save(step, args=_save_args(state, meta), force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores `step` into the shapes, dtypes and shardings of `abstract_state`."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        """Restores `step` into the shapes, dtypes and shardings of `abstract_state`.
+
+        Raises CheckpointError, having restored nothing, when the checkpoint's tree differs from
+        `abstract_state` (every difference listed) or its files cannot be read.
+        """
+        where = f"{self.directory}/{step}"
+        check_saved_tree(self._saved_tree(step, where), abstract_state, where)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:
+            raise CheckpointError(f"{where}: the checkpoint is incomplete or corrupt, nothing "
+                                  f"was restored ({type(e).__name__}: {str(e)[:500]})") from e
         return restored["state"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict:
         """Only the JSON meta of `step` (no arrays are read)."""
-        return self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.directory}/{step}: no readable meta: not a hoiclip-jax checkpoint, or an "
+                f"incomplete one ({type(e).__name__}: {str(e)[:300]})") from e
+
+    def _saved_tree(self, step: int, where: str) -> Any:
+        """The saved state's tree of array metadata (`.shape`, `.dtype` leaves)."""
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+        except Exception as e:
+            raise CheckpointError(f"{where}: the checkpoint is incomplete or corrupt (its "
+                                  f"metadata cannot be read), nothing was restored "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+        if metadata is None:
+            raise CheckpointError(f"{where}: no readable 'state' metadata: not a hoiclip-jax "
+                                  f"checkpoint, or an incomplete one; nothing was restored")
+        return metadata.tree
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with _write_errors(self._manager, self.directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        with _write_errors(self._manager, self.directory):
+            self._manager.wait_until_finished()
         self._manager.close()
 
 
@@ -107,17 +168,43 @@ class BestCheckpointer:
         """Saves `state` when `mAP` (a fraction; NaN never wins) beats the kept one."""
         if not mAP > self.best()[1]:
             return False
-        self._manager.save(step, args=_save_args(state, meta), metrics={"mAP": float(mAP)},
-                           force=True)
-        # Finish before any other manager saves: in a multi-process run two managers with
-        # saves in flight at once left the processes waiting on each other's commit barrier.
-        self._manager.wait_until_finished()
+        with _write_errors(self._manager, self.directory):
+            self._manager.save(step, args=_save_args(state, meta), metrics={"mAP": float(mAP)},
+                               force=True)
+            # Finish before any other manager saves: in a multi-process run two managers with
+            # saves in flight at once left the processes waiting on each other's commit barrier.
+            self._manager.wait_until_finished()
         self._best = (step, float(mAP))
         return True
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        with _write_errors(self._manager, self.directory):
+            self._manager.wait_until_finished()
         self._manager.close()
+
+
+def check_saved_tree(saved: Any, abstract_state: Any, where: str) -> None:
+    """Raises CheckpointError listing the leaves missing from, extra in, or of another shape or
+    dtype in the saved tree `saved` (orbax array metadata) than in `abstract_state`."""
+    flat = lambda tree: ocp.tree.to_flat_dict(tree, sep="/")
+    have = flat(saved)
+    want = flat(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True))
+    describe = lambda x: f"{tuple(getattr(x, 'shape', ()))} {getattr(x, 'dtype', type(x))}"
+    problems = {
+        "missing from the checkpoint": sorted(set(want) - set(have)),
+        "in the checkpoint only": sorted(set(have) - set(want)),
+        "shape or dtype differs (checkpoint vs this run)": [
+            f"{k}: {describe(have[k])} vs {describe(want[k])}" for k in sorted(set(have) & set(want))
+            if describe(have[k]) != describe(want[k])],
+    }
+    if not any(problems.values()):
+        return
+    lines = [f"{title} ({len(names)}): " + ", ".join(names[:_LISTED])
+             + (f", ... {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+             for title, names in problems.items() if names]
+    raise CheckpointError(f"{where} does not fit this model and config (a checkpoint of another "
+                          f"model, config or version?); nothing was restored.\n  "
+                          + "\n  ".join(lines))
 
 
 def data_meta(seed: int, batch_size: int, num_train: int, steps_per_epoch: int) -> dict:

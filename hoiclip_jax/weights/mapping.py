@@ -179,10 +179,11 @@ def convert(state_dict: Mapping[str, np.ndarray], rules: list[Rule], ignores: li
       (flat: our param path -> numpy array, report: ImportReport).
 
     Raises:
-      ValueError: a converted array's shape differs from ours (names both keys and shapes), or
-        two checkpoint keys fill the same param.
+      ValueError: converted arrays whose shapes differ from ours (every one listed, with both
+        names and shapes: a checkpoint of another model or config), or two checkpoint keys
+        filling the same param.
     """
-    flat, filled, ignored, unmatched = {}, {}, {}, []
+    flat, filled, ignored, unmatched, mismatched = {}, {}, {}, [], []
     for key, value in state_dict.items():
         targets = _first_match(rules, key)
         if targets is None:
@@ -200,8 +201,16 @@ def convert(state_dict: Mapping[str, np.ndarray], rules: list[Rule], ignores: li
         for path, transform in targets:
             if path in filled:
                 raise ValueError(f"{path} is filled by both {filled[path]} and {key}")
-            flat[path] = _converted(key, value, path, transform, target[path])
+            try:
+                flat[path] = _converted(key, value, path, transform, target[path])
+            except ValueError as e:  # listed together below
+                mismatched.append(str(e))
+                continue
             filled[path] = key
+    if mismatched:
+        raise ValueError(f"{len(mismatched)} checkpoint tensors do not fit this model (a "
+                         f"checkpoint of another model or config?):\n  "
+                         + "\n  ".join(_first(mismatched)))
     left = sorted(set(target) - set(flat))
     return flat, ImportReport(filled, left, ignored, unmatched)
 
@@ -232,15 +241,24 @@ def merge(params, flat: Mapping[str, np.ndarray]):
     """A copy of the nested `params` with the leaves named in `flat` replaced.
 
     Raises:
-      KeyError: a path of `flat` is not in `params`.
+      ValueError: paths of `flat` that are not in `params`, or whose shapes differ (all listed:
+        e.g. a params file of another model or config).
     """
     tree = dict(traverse_util.flatten_dict(params, sep="/"))
     unknown = sorted(set(flat) - set(tree))
-    if unknown:
-        raise KeyError(f"imported params not in the model: {unknown[:5]}")
-    for path, value in flat.items():
-        old = tree[path]
-        if tuple(np.shape(value)) != tuple(old.shape):
-            raise ValueError(f"{path}: imported shape {np.shape(value)} != {old.shape}")
-        tree[path] = value
+    wrong = [f"{path}: imported {tuple(np.shape(value))}, model {tuple(tree[path].shape)}"
+             for path, value in sorted(flat.items())
+             if path in tree and tuple(np.shape(value)) != tuple(tree[path].shape)]
+    problems = ([f"not in the model ({len(unknown)}): " + ", ".join(_first(unknown))]
+                if unknown else [])
+    problems += [f"shapes differ ({len(wrong)}): " + "; ".join(_first(wrong))] if wrong else []
+    if problems:
+        raise ValueError("imported params do not fit this model (another model or config?):\n  "
+                         + "\n  ".join(problems))
+    tree.update(flat)
     return traverse_util.unflatten_dict(tree, sep="/")
+
+
+def _first(names: list[str], n: int = 20) -> list[str]:
+    """The first `n` of `names`, then a count of the rest (errors stay readable)."""
+    return names[:n] + ([f"... {len(names) - n} more"] if len(names) > n else [])
