@@ -194,8 +194,8 @@ def check_saved_tree(saved: Any, abstract_state: Any, where: str) -> None:
         "missing from the checkpoint": sorted(set(want) - set(have)),
         "in the checkpoint only": sorted(set(have) - set(want)),
         "shape or dtype differs (checkpoint vs this run)": [
-            f"{k}: {describe(have[k])} vs {describe(want[k])}" for k in sorted(set(have) & set(want))
-            if describe(have[k]) != describe(want[k])],
+            f"{k}: {describe(have[k])} vs {describe(want[k])}"
+            for k in sorted(set(have) & set(want)) if describe(have[k]) != describe(want[k])],
     }
     if not any(problems.values()):
         return
