@@ -1,12 +1,20 @@
-"""HOICLIP on the 5 % subset of HICO-Det (reference §4.2, [R] scripts).
+"""HOICLIP on the 5 % subset of HICO-Det (reference §4.2, [R] scripts): configs/hico_frac.py
+with frac=5.
 
-    python -m hoiclip_jax.train --config configs/hico5p.py --workdir runs/hico5p
-Published (Default): 22.64 Full / 21.94 Rare / 24.28 Non-rare.
+    python -m hoiclip_jax.train --config configs/hico5p.py --workdir runs/hico5p \
+        --config.eval.tfe_k='(10,)'
+Published (HOICLIP README, Default): 22.64 Full / 21.94 Rare / 24.28 Non-rare (with the
+released E_v: add `:verb_features=original`). Reproduction report (§9.3, batch 4),
+Full / Rare / Non-rare without -> with TFE k=10:
+    baseline                       20.35 / 19.33 / 22.78 -> 21.15 / 20.33 / 23.08
+    :verb_features=seed  (var. 1)  20.09 / 18.96 / 22.79 -> 20.87 / 19.90 / 23.16
+    :q_inter=mix2x2      (var. 2)  20.38 / 19.31 / 22.93 -> 21.21 / 20.31 / 23.34
+(the report's baseline and variant 2 use the released E_v, i.e. `verb_features=original`).
+
+Options: common.VARIANTS (`q_inter`, `verb_features`), as configs/hico_frac.py.
 """
-from configs import common
+from configs import common, hico_frac
 
 
-def get_config():
-    config = common.hoiclip_config("hico")
-    config.dataset.train_file = "trainval_hico_5%.json"
-    return config
+def get_config(arg=None):
+    return hico_frac.build("5", common.parse_arg(arg, "configs/hico5p.py", common.VARIANTS))

@@ -9,22 +9,37 @@ import functools
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
 
 from hoiclip_jax import losses, optim, sharding
+
+
+def seen_labels(batch: dict, columns: tuple[int, ...]) -> dict:
+    """The batch with `hoi_labels` [B, M, K] cut to the `columns` [K_train] a zero-shot model
+    trains on (`HOICLIP.train_hois`, ascending), as its training `hoi_logits`; unchanged for
+    `columns == ()`. The zero-shot filter of the training split already removed every pair
+    with an unseen HOI, so no positive label is dropped."""
+    if not columns:
+        return batch
+    return dict(batch, hoi_labels=batch["hoi_labels"][..., np.asarray(columns)])
 
 
 def make_loss_fn(model, matcher: Callable, loss_config, num_devices: int = 1) -> Callable:
     """(trainable, frozen, batch, rng) -> (total loss, loss terms).
 
     `num_devices` (the mesh's 'data' size) only matters for `loss_config.normalizer ==
-    'per_device'`, which normalises each device's batch shard on its own.
+    'per_device'`, which normalises each device's batch shard on its own. Under a zero-shot
+    setting the matcher and the losses see the seen HOI columns only (`seen_labels`).
     """
+    # Stand-in models of the tests have no zero-shot columns.
+    columns = getattr(model, "train_hois", ())
 
     def loss_fn(trainable, frozen, batch, rng):
         params = optim.merge_params(trainable, frozen)
         outputs = model.apply({"params": params}, batch["image"], batch["pixel_mask"],
                               batch["clip_image"], train=True, rngs={"dropout": rng})
+        batch = seen_labels(batch, columns)
         indices = matcher(outputs, batch)
         terms = losses.set_losses(outputs, batch, indices, loss_config, num_devices)
         return losses.total_loss(terms, loss_config), terms

@@ -90,6 +90,9 @@ class HOICLIP(nn.Module):
         matrix (`verb2hoi_entries` below).
       encoder_input_pos: also add the sine positions to the encoder input (not in the reference;
         see config.model.encoder_input_pos).
+      train_hois: zero-shot (§1.6, §3.4): the HOI columns trained on (the seen classes,
+        ascending); empty: all K. Parameters do not depend on it (the classifier always holds
+        all K classes); only `hoi_logits` does.
       dtype: computation dtype of the backbone, the transformers and the CLIP towers. Params
         are float32 whatever it is (flax `param_dtype`); norm statistics, attention softmax and
         the sine positions are float32 inside those modules; the heads (`HEAD_DTYPE`) and the
@@ -115,6 +118,7 @@ class HOICLIP(nn.Module):
     num_verbs: int
     verb2hoi_entries: tuple[tuple[int, int], ...]
     encoder_input_pos: bool = False
+    train_hois: tuple[int, ...] = ()
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -154,10 +158,12 @@ class HOICLIP(nn.Module):
           image: [B, H, W, 3] ImageNet-normalised, padded bottom/right.
           pixel_mask: [B, H, W] bool, True on real pixels.
           clip_image: [B, C, C, 3] the CLIP view.
-          train: enables dropout (needs rngs={'dropout': key}).
+          train: enables dropout (needs rngs={'dropout': key}); a zero-shot model
+            (`train_hois`) then gives the K_train seen HOI columns only (`hoi_logits`).
 
         Returns:
-          dict (docs/design.md): hoi_logits [L, B, N, K], obj_logits [L, B, N, O+1], sub_boxes and
+          dict (docs/design.md): hoi_logits [L, B, N, K] ([L, B, N, K_train] when training a
+          zero-shot model), obj_logits [L, B, N, O+1], sub_boxes and
           obj_boxes [L, B, N, 4] (sigmoid cxcywh, normalised), clip_cls [B, E] (L2-normalised),
           clip_visual [B, T, E].
         """
@@ -172,7 +178,7 @@ class HOICLIP(nn.Module):
         inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic)
         # The frozen CLIP visual projection maps the decoder output into the joint space (§1.5.5).
         outputs = {
-            "hoi_logits": self.hoi_logits(self.clip.project_image(inter_hs)),
+            "hoi_logits": self.hoi_logits(self.clip.project_image(inter_hs), train),
             "obj_logits": self.obj_logits(o_hs),
             "sub_boxes": jax.nn.sigmoid(self.hum_bbox_embed(h_hs)),
             "obj_boxes": jax.nn.sigmoid(self.obj_bbox_embed(o_hs)),
@@ -215,16 +221,34 @@ class HOICLIP(nn.Module):
         x = l2_normalize(self.obj_class_ln(self.obj_class_fc(o_hs)))
         return jnp.exp(self.obj_logit_scale) * self.obj_visual_projection(x)
 
-    def hoi_logits(self, o_inter):
-        """O_inter [L, B, N, E] -> S_inter + verb_weight * S_v @ verb2hoi, [L, B, N, K] (§1.6)."""
+    def hoi_logits(self, o_inter, train: bool = False):
+        """O_inter [L, B, N, E] -> S_inter + verb_weight * S_v @ verb2hoi, [L, B, N, K] (§1.6).
+
+        A zero-shot model (`train_hois` set) follows the reference's `--del_unseen`: training
+        gives the K_train seen columns only ([L, B, N, K_train]: the classifier's kernel and bias
+        columns and the verb2hoi columns of `train_hois`, in that order), evaluation all K
+        columns with the text kernel alone, no bias, and the full verb2hoi (the reference's
+        `eval_visual_projection` and `verb2hoi_proj_eval`).
+        """
         scale = jnp.exp(self.logit_scale)
-        s_inter = scale * self.hoi_visual_projection(l2_normalize(o_inter))
+        x = l2_normalize(o_inter)
+        s_inter = self.hoi_visual_projection(x)  # [L, B, N, K], bias included
         s_verb = scale * self.verb_projection(l2_normalize(self.inter2verb(o_inter)))
         self.sow(INTERMEDIATES, "o_inter", o_inter)
         self.sow(INTERMEDIATES, "verb_logits", s_verb)
         verb2hoi = np.zeros((self.num_verbs, self.num_hois), np.float32)  # a constant
         verb2hoi[tuple(np.array(self.verb2hoi_entries).T)] = 1.0
-        return s_inter + self.verb_weight * s_verb @ jnp.asarray(verb2hoi, s_verb.dtype)
+        if self.train_hois and train:
+            # Taking output columns equals taking kernel and bias columns (each logit is its
+            # own column's dot product plus bias), and the text-derived parameters keep all K
+            # classes, so checkpoints do not depend on train vs. evaluation.
+            columns = np.asarray(self.train_hois)
+            s_inter, verb2hoi = s_inter[..., columns], verb2hoi[:, columns]
+        elif self.train_hois:
+            # XLA drops the unused biased product above.
+            kernel = self.hoi_visual_projection.variables["params"]["kernel"]
+            s_inter = jnp.matmul(x.astype(HEAD_DTYPE), kernel.astype(HEAD_DTYPE))
+        return scale * s_inter + self.verb_weight * s_verb @ jnp.asarray(verb2hoi, s_verb.dtype)
 
     def encode_text(self, token_ids):
         """CLIP text embeddings (not normalised) [n, E] of token_ids [n, T]."""
@@ -242,8 +266,20 @@ def verb2hoi_entries(tables, vcoco_bug: bool) -> tuple[tuple[int, int], ...]:
     return tuple(sorted({(int(v), int(c)) for v, c in zip(tables.hoi_to_verb, columns)}))
 
 
+def train_hoi_columns(tables, zero_shot: str) -> tuple[int, ...]:
+    """The HOI columns a zero-shot model trains on: the seen classes of setting `zero_shot`, in
+    ascending index order (480 / 480 / 500 / 516 of HICO-Det's 600 for rare_first /
+    non_rare_first / unseen_object / unseen_verb, §3.4); () for 'none' (all classes)."""
+    if zero_shot == "none":
+        return ()
+    unseen = set(int(k) for k in tables.unseen_hois(zero_shot))
+    return tuple(k for k in range(tables.num_hois) if k not in unseen)
+
+
 def build_model(model_config, tables) -> HOICLIP:
-    """Builds HOICLIP for config.model and the class tables (K, O + 1, V, verb2hoi)."""
+    """Builds HOICLIP for config.model and the class tables (K, O + 1, V, verb2hoi, and the
+    training columns of the zero-shot setting `config.model.zero_shot`, which the configs link
+    to config.dataset.zero_shot)."""
     m = model_config
     if m.vcoco_verb2hoi_bug and tables.name != "vcoco":
         raise ValueError(f"config.model.vcoco_verb2hoi_bug=True reproduces a bug of the V-COCO "
@@ -270,7 +306,8 @@ def build_model(model_config, tables) -> HOICLIP:
             logit_scale_init=float(m.logit_scale_init), num_hois=tables.num_hois,
             num_obj_logits=tables.num_objects + 1, num_verbs=tables.num_verbs,
             verb2hoi_entries=verb2hoi_entries(tables, bool(m.vcoco_verb2hoi_bug)),
-            encoder_input_pos=bool(m.encoder_input_pos), dtype=jnp.dtype(m.dtype))
+            encoder_input_pos=bool(m.encoder_input_pos),
+            train_hois=train_hoi_columns(tables, m.zero_shot), dtype=jnp.dtype(m.dtype))
 
 
 def dummy_inputs(dataset_config, batch_size: int = 1):
@@ -337,6 +374,8 @@ def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
                              f"{verbs.shape}, expected [V, E] = {expected}")
         return jnp.asarray(verbs)
     hoi_to_verb = np.asarray(tables.hoi_to_verb)
+    # In numpy: V eager jax gathers would each dispatch (and first compile) their own program.
+    hoi_text = np.asarray(hoi_text)
     rows = []
     for v in range(tables.num_verbs):
         members = np.flatnonzero(hoi_to_verb == v)
@@ -344,7 +383,7 @@ def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
             raise ValueError(f"class tables '{tables.name}': verb {v} ({tables.verbs[v]!r}) has "
                              "no HOI class, so it has no text E_v; set config.model.verb_features")
         rows.append(hoi_text[members].mean(axis=0))
-    return l2_normalize(jnp.stack(rows))
+    return l2_normalize(jnp.asarray(np.stack(rows)))
 
 
 def prompt_embeddings(model: HOICLIP, params: dict, config, tables):

@@ -21,7 +21,9 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 def load_config(path: str):
-    """Runs `get_config()` of the config file at `path`."""
+    """Runs `get_config()` of the config file at `path`, or `get_config(arg)` for `path:arg`
+    (as the training CLI's `--config`)."""
+    path, sep, arg = path.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config {path}: no such file")
     if _REPO_ROOT not in sys.path:
@@ -29,7 +31,7 @@ def load_config(path: str):
     spec = importlib.util.spec_from_file_location("_param_count_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg) if sep else module.get_config()
 
 
 def count_params(params, groups) -> dict:
