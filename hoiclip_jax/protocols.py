@@ -76,7 +76,8 @@ def hico_eval_images(predictions: list[dict], records: list[HoiRecord], eval_con
     stacked = {k: np.stack([p[k] for p in predictions]) for k in predictions[0]}
     images = hico_metrics.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
-        nms_alpha=eval_config.nms_alpha, nms_beta=eval_config.nms_beta)
+        nms_alpha=eval_config.nms_alpha, nms_beta=eval_config.nms_beta,
+        names=[r.file_name for r in records])
     for image, record in zip(images, records):
         image["gt_boxes"] = record.boxes
         image["gt_hois"] = record.hois  # (subject, object, verb, hoi): the class is the last column

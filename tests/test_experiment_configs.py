@@ -1,6 +1,6 @@
 """Every experiment of the paper and of the reproduction report is one config away (issue 9).
 
-Each config file and variant of docs/experiments.md is built as `--config <file>:<arg>` gives
+Each config file and variant of README "Experiments" is built as `--config <file>:<arg>` gives
 it, shrunk by overrides (the tiny model of `helpers.smoke_overrides`, one decoder layer, one
 backbone stage) and pointed at a fake HICO-Det / V-COCO folder in the real layout; it trains
 two steps and evaluates once on the test split. Most run in process (`EXPERIMENTS`), where
@@ -42,7 +42,7 @@ SEEN = {"rare_first": 480, "non_rare_first": 480, "unseen_object": 500, "unseen_
 PUBLISHED = {"hico.py": "34.69", "hico_frac.py": "22.64", "hico5p.py": "22.64",
              "hico_zs.py": "25.53", "vcoco.py": "63.50"}
 
-# (config file, `:arg`) of docs/experiments.md run in process. The report's two variants
+# (config file, `:arg`) of README "Experiments" run in process. The report's two variants
 # are combined in one zero-shot case (test_variants_combine shows that each changes only its
 # field).
 EXPERIMENTS = [

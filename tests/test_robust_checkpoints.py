@@ -1,4 +1,4 @@
-"""Robustness of the checkpoints (docs/robustness.md, cases 7, 8, 11): a save killed mid-write or
+"""Robustness of the checkpoints (README "What happens when…", cases 7, 8, 11): a save killed mid-write or
 failing with a full disk leaves the earlier checkpoints intact and usable; a truncated checkpoint
 or one of another model fails with an error naming it, and restores nothing.
 

@@ -1,4 +1,4 @@
-"""Robustness of the command line (docs/robustness.md, case 10): an unknown config key or a value
+"""Robustness of the command line (README "What happens when…", case 10): an unknown config key or a value
 of the wrong type stops the real entry point while it parses its flags, with a one-line message,
 before anything is written to the workdir."""
 import os

@@ -1,7 +1,7 @@
-"""Robustness of the data pipeline (docs/robustness.md, cases 1-5): truncated annotation files,
+"""Robustness of the data pipeline (README "What happens when…", cases 1-5): truncated annotation files,
 bad records, unreadable and non-RGB images, degenerate boxes, and more GT pairs than queries.
 
-The cases already tested elsewhere are only listed in docs/robustness.md; these tests add the
+The cases already tested elsewhere are only listed in README "What happens when…"; these tests add the
 ones that were missing. The images are a tiny synthetic set (data_pipeline/synthetic.py).
 """
 import json

@@ -1,4 +1,4 @@
-"""Robustness of the evaluation inputs (docs/robustness.md, case 12): predictions with NaN or inf
+"""Robustness of the evaluation inputs (README "What happens when…", case 12): predictions with NaN or inf
 scores or boxes stop the evaluation with an error naming the image, never a silently wrong mAP."""
 import numpy as np
 import pytest

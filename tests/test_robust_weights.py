@@ -1,4 +1,4 @@
-"""Robustness of the pretrained-weights import (docs/robustness.md, case 9): a weights file with
+"""Robustness of the pretrained-weights import (README "What happens when…", case 9): a weights file with
 wrong shapes, or of a different model, is an error that lists every mismatched name (with both
 shapes), not just the first one, and nothing is loaded."""
 import types
