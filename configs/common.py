@@ -210,6 +210,10 @@ def train_config() -> mlc.ConfigDict:
     # epoch (§4.1); the state with the best mAP is kept in <workdir>/best/, apart from the last
     # k. 0: no evaluation during training.
     t.eval_every_epochs = 0
+    # A step whose loss or gradients are NaN / inf never updates the parameters (train_step.py);
+    # 'skip' logs its step number and goes on, 'stop' ends the run at the next log or checkpoint
+    # point (no checkpoint is written after it) with the step numbers named.
+    t.nonfinite = "skip"
     return t
 
 

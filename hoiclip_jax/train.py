@@ -148,6 +148,8 @@ class Run:
     best: Optional[checkpoints.BestCheckpointer] = None
     data_digest: str = ""
     last_metrics: dict = dataclasses.field(default_factory=dict)
+    pending_flags: list = dataclasses.field(default_factory=list)  # (step, nonfinite on device)
+    skipped_steps: int = 0
     window: tuple = (0.0, 0)  # (time, step) of the last logged step, for img/s
 
     @property
@@ -164,6 +166,9 @@ class Run:
 
 def start_run(config, workdir: str) -> tuple[Run, dict]:
     """Mesh, data, state (fresh or resumed), step function, logs: (run, state)."""
+    if config.train.nonfinite not in ("skip", "stop"):
+        raise ValueError(f"train.nonfinite is {config.train.nonfinite!r}, expected 'skip' or "
+                         f"'stop'")
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.train.batch_size, mesh)
     if config.train.eval_every_epochs > 0:  # fail now rather than after the first epoch
@@ -222,11 +227,15 @@ def train_epoch(run: Run, state: dict, epoch: int, skip: int) -> dict:
         run.data_digest = run_log.update_digest(run.data_digest, image_ids)
         state, step_metrics = run.step_fn(state, sharding.put_batch(batch, run.mesh))
         step = epoch * spe + i + 1
+        # Read lazily (at log and checkpoint points) so that steps stay asynchronous.
+        run.pending_flags.append((step, step_metrics["nonfinite"]))
         run.bar.update(1)
         if step % train_config.log_every_steps == 0 or step == run.total_steps:
+            check_nonfinite(run)
             log_step(run, step, epoch, step_metrics, image_ids)
         # The epoch's last step is saved by end_epoch, after the evaluation.
         if step % train_config.checkpoint_every_steps == 0 and i + 1 < spe:
+            check_nonfinite(run)
             run.ckpt.save(step, state, run.data.meta(run.config, step, run.data_digest))
     return state
 
@@ -234,7 +243,7 @@ def train_epoch(run: Run, state: dict, epoch: int, skip: int) -> dict:
 def log_step(run: Run, step: int, epoch: int, step_metrics: dict, image_ids) -> None:
     """Progress bar, metrics.jsonl and TensorBoard for one step (this waits for the step)."""
     metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    check_finite(metrics, step)
+    metrics["skipped_steps"] = float(run.skipped_steps)
     now = time.perf_counter()
     img_s = (step - run.window[1]) * run.config.train.batch_size / max(now - run.window[0], 1e-9)
     run.window = (now, step)
@@ -255,6 +264,7 @@ def log_step(run: Run, step: int, epoch: int, step_metrics: dict, image_ids) -> 
 def end_epoch(run: Run, state: dict, epoch: int) -> None:
     """Evaluation (when due; keeps the best state), then the epoch-end checkpoint."""
     step = (epoch + 1) * run.data.steps_per_epoch
+    check_nonfinite(run)
     meta = run.data.meta(run.config, step, run.data_digest)
     if run.evaluator is not None and evaluation_due(run.config, epoch):
         report = run.evaluator(state, step)
@@ -279,10 +289,22 @@ def flat_metrics(report) -> dict:
     return flat
 
 
-def check_finite(metrics: dict, step: int) -> None:
-    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"step {step}: non-finite {bad}; the last checkpoint is intact")
+def check_nonfinite(run: Run) -> None:
+    """Logs the steps since the last check whose loss or gradients were not finite (their
+    updates were skipped); with `train.nonfinite == 'stop'` raises FloatingPointError naming
+    them, before anything else is saved."""
+    flags = jax.device_get([flag for _, flag in run.pending_flags])
+    bad = [step for (step, _), flag in zip(run.pending_flags, flags) if flag]
+    run.pending_flags = []
+    if not bad:
+        return
+    run.skipped_steps += len(bad)
+    logging.warning("steps %s: non-finite loss or gradients, update skipped (%d so far)", bad,
+                    run.skipped_steps)
+    if run.config.train.nonfinite == "stop":
+        raise FloatingPointError(f"steps {bad}: non-finite loss or gradients (train.nonfinite="
+                                 f"'stop'); the parameters were not updated by them and the "
+                                 f"last checkpoint is intact")
 
 
 def main(argv):

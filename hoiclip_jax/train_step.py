@@ -9,6 +9,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -49,7 +50,11 @@ def make_loss_fn(model, matcher: Callable, loss_config, num_devices: int = 1) ->
 
 def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, loss_config,
                     mesh) -> Callable:
-    """Returns `step(state, batch) -> (state, metrics)`, jitted with the state donated."""
+    """Returns `step(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+    `metrics['nonfinite']` is 1.0 when the loss or the gradient norm was NaN or inf; the
+    returned state then holds the old parameters and optimizer state (step count + 1).
+    """
     loss_fn = make_loss_fn(model, matcher, loss_config, mesh.shape[sharding.DATA_AXIS])
     repl = sharding.replicated(mesh)
 
@@ -61,9 +66,18 @@ def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["trainable"], state["frozen"], batch, rng)
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
-        new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                         trainable=optax.apply_updates(state["trainable"], updates))
-        metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
+        grad_norm = optax.tree.norm(grads)
+        # A non-finite loss or gradient never reaches the parameters or the optimizer state:
+        # the step is skipped (its count still advances, so the data stream stays in place)
+        # and flagged; train.py skips on or stops (`train.nonfinite`).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = dict(state, step=state["step"] + 1,
+                         opt_state=keep(opt_state, state["opt_state"]),
+                         trainable=keep(optax.apply_updates(state["trainable"], updates),
+                                        state["trainable"]))
+        metrics = dict(terms, loss=loss, grad_norm=grad_norm,
+                       nonfinite=(~finite).astype(jnp.float32))
         return new_state, metrics
 
     return step

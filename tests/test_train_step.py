@@ -154,3 +154,27 @@ def test_checkpoint_round_trip(runs, tmp_path):
     assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
     for (path, a), (_, b) in zip(flat_a, flat_b):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_nonfinite_loss_skips_the_update(setup):
+    """Robustness case 6: a NaN loss leaves params and optimizer state as they were."""
+    config, _, _, _, batches = setup
+    loss_config = config.loss.copy_and_resolve_references()
+    loss_config.hoi_coef = float("nan")
+    tables = class_tables.load_class_tables(config.dataset)
+    model = LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
+    tx = optax.adamw(1e-2)
+    initial = jax.device_get(
+        train_step_lib.init_state(model.init(jax.random.PRNGKey(0)), {}, tx, seed=0))
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    for coef, skipped in ((float("nan"), True), (config.loss.hoi_coef, False)):
+        loss_config.hoi_coef = coef
+        step_fn = train_step_lib.make_train_step(
+            model, tx, matching.build_matcher(config.matcher, mesh), loss_config, mesh)
+        state, metrics = jax.device_get(step_fn(sharding.put_replicated(initial, mesh),
+                                                sharding.put_batch(batches[0], mesh)))
+        assert int(state["step"]) == 1 and float(metrics["nonfinite"]) == float(skipped)
+        changed = max_abs_diff(initial["trainable"], state["trainable"])
+        assert (changed == 0.0) if skipped else (changed > 1e-4)
+        opt_changed = max_abs_diff(initial["opt_state"], state["opt_state"])
+        assert (opt_changed == 0.0) if skipped else np.isfinite(opt_changed)
