@@ -95,8 +95,8 @@ def run(config, workdir: str, checkpoint: Optional[str], untrained: bool,
 
 def save_predictions(predictions: list[dict], records, path: str) -> str:
     """The per-image top-k of every TFE variant, stacked, with the file names (.npz)."""
-    stacked = {k.replace("@", "_"): np.stack([p[k] for p in predictions])
-               for k in predictions[0]}
+    stacked = {k.replace("@", "_"): v
+               for k, v in protocols.stack_predictions(predictions).items()}
     np.savez_compressed(path, file_names=np.array([r.file_name for r in records]), **stacked)
     return path
 

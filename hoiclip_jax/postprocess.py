@@ -61,11 +61,19 @@ def hico_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.n
         raise ValueError(f"hico_topk: k={k} must be in [1, N*K={num_queries * num_hois}]")
     obj_scores = jax.nn.sigmoid(obj_logits)
     scores = _hoi_scores(hoi_logits, hoi_bonus) + jnp.take(obj_scores, hoi_to_obj, axis=-1) ** 2
-    top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_hois), k)
+    return _top_pairs(scores, "hoi_ids", k, sub_boxes, obj_boxes, orig_size)
+
+
+def _top_pairs(scores: jnp.ndarray, class_key: str, k: int, sub_boxes: jnp.ndarray,
+               obj_boxes: jnp.ndarray, orig_size: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """The k best (query, class) entries of `scores` [B, N, C] per image: `scores`,
+    `<class_key>`, `query_ids` [B, k] and the queries' boxes in pixels [B, N, 4]."""
+    batch, num_queries, num_classes = scores.shape
+    top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_classes), k)
     return {
         "scores": top_scores,
-        "hoi_ids": (flat % num_hois).astype(jnp.int32),
-        "query_ids": (flat // num_hois).astype(jnp.int32),
+        class_key: (flat % num_classes).astype(jnp.int32),
+        "query_ids": (flat // num_classes).astype(jnp.int32),
         "sub_xyxy": pixel_xyxy(sub_boxes, orig_size),
         "obj_xyxy": pixel_xyxy(obj_boxes, orig_size),
     }
@@ -160,15 +168,8 @@ def vcoco_topk(hoi_logits: jnp.ndarray, obj_logits: jnp.ndarray, sub_boxes: jnp.
     verb_scores = verb_scores.at[..., hoi_to_verb].max(hoi_scores)
     labels = jnp.argmax(jax.nn.softmax(obj_logits, axis=-1)[..., :-1], axis=-1)
     scores = verb_scores * jnp.take(correct_mat.T.astype(hoi_scores.dtype), labels, axis=0)
-    top_scores, flat = jax.lax.top_k(scores.reshape(batch, num_queries * num_verbs), k)
-    return {
-        "scores": top_scores,
-        "verb_ids": (flat % num_verbs).astype(jnp.int32),
-        "query_ids": (flat // num_verbs).astype(jnp.int32),
-        "sub_xyxy": pixel_xyxy(sub_boxes, orig_size),
-        "obj_xyxy": pixel_xyxy(obj_boxes, orig_size),
-        "obj_labels": labels.astype(jnp.int32),
-    }
+    return dict(_top_pairs(scores, "verb_ids", k, sub_boxes, obj_boxes, orig_size),
+                obj_labels=labels.astype(jnp.int32))
 
 
 def triplet_nms(sub_boxes: np.ndarray, obj_boxes: np.ndarray, hoi_ids: np.ndarray,

@@ -61,6 +61,11 @@ def _none_for_nan(value) -> Optional[float]:
     return None if value is None or np.isnan(value) else float(value)
 
 
+def stack_predictions(predictions: list[dict]) -> dict[str, np.ndarray]:
+    """Per-image prediction dicts as one dict of arrays with a leading image axis."""
+    return {k: np.stack([p[k] for p in predictions]) for k in predictions[0]}
+
+
 # ----------------------------------------------------------------------------- python (HICO)
 
 def hico_columns(groups: datasets.ClassGroups) -> tuple[Column, ...]:
@@ -73,7 +78,7 @@ def hico_columns(groups: datasets.ClassGroups) -> tuple[Column, ...]:
 def hico_eval_images(predictions: list[dict], records: list[HoiRecord], eval_config) -> list:
     """Top-k predictions (+ triplet NMS when `eval.use_nms`) and the GT of each record, as the
     `EvalImage`s of `metrics.hico`."""
-    stacked = {k: np.stack([p[k] for p in predictions]) for k in predictions[0]}
+    stacked = stack_predictions(predictions)
     images = hico_metrics.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
         nms_alpha=eval_config.nms_alpha, nms_beta=eval_config.nms_beta,
@@ -236,7 +241,7 @@ def vcoco_protocol(predictions: list[dict], records: list[HoiRecord], files: Vco
     """The summary of `vcoco_columns`: the reference's proxy (11-point AP, mAP_all over verbs
     with GT, mAP_thesis over the 24) and, with the official files, the role AP of Scenario 1
     and 2 over the 24 roles without point_instr (as papers report) and over all 25."""
-    stacked = {k: np.stack([p[k] for p in predictions]) for k in predictions[0]}
+    stacked = stack_predictions(predictions)
     images = vcoco_metrics.predictions_from_topk(stacked)
     for image, record in zip(images, records):
         image.update(gt_boxes=record.boxes, gt_box_labels=record.box_labels,

@@ -436,13 +436,14 @@ def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
     return images, meta
 
 
-def result_to_json(result: dict) -> dict:
-    """`evaluate`'s result with string class ids and NaN as None (strict JSON)."""
+def result_to_json(result: dict, per_key: str = "per_class") -> dict:
+    """An evaluation result with string class ids under `per_key` and NaN as None (strict
+    JSON); `metrics.vcoco` uses it with `per_key='per_verb'`."""
     def clean(v):
         return None if isinstance(v, float) and math.isnan(v) else v
-    out = {k: clean(v) for k, v in result.items() if k != "per_class"}
-    out["per_class"] = {str(c): {k: clean(v) for k, v in stats.items()}
-                        for c, stats in result["per_class"].items()}
+    out = {k: clean(v) for k, v in result.items() if k != per_key}
+    out[per_key] = {str(c): {k: clean(v) for k, v in stats.items()}
+                    for c, stats in result[per_key].items()}
     return out
 
 

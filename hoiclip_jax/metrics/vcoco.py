@@ -272,12 +272,7 @@ def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
 
 def result_to_json(result: dict) -> dict:
     """`evaluate`'s result with string verb ids and NaN as None (strict JSON)."""
-    def clean(v):
-        return None if isinstance(v, float) and math.isnan(v) else v
-    out = {k: clean(v) for k, v in result.items() if k != "per_verb"}
-    out["per_verb"] = {str(v): {k: clean(x) for k, x in stats.items()}
-                       for v, stats in result["per_verb"].items()}
-    return out
+    return hico.result_to_json(result, per_key="per_verb")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
