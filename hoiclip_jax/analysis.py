@@ -18,9 +18,12 @@ laptop. It reads
   no config: give the config of the model they hold.
 
 `Predictor` gives exactly the evaluator's triplets for an image: the same test transform
-(`data_pipeline.transforms.test_example`), the same top-k (`postprocess.hico_topk`, k =
-`config.eval.max_hois`) and the same triplet NMS (`metrics.hico.prediction_from_topk` with
-`config.eval`). With `dataset.buckets` the evaluator pads each image to the smallest bucket that
+(`data_pipeline.transforms.test_example`), the same top-k (k = `config.eval.max_hois`) and the
+same post-processing. HICO-Det (and the synthetic set): `postprocess.hico_topk` over the HOI
+classes, then the triplet NMS of `metrics.hico.prediction_from_topk` with `config.eval`. V-COCO:
+`postprocess.vcoco_topk` over (query, verb-role) pairs with the verb-object validity of
+`protocols.vcoco_correct_mat` (the data set's `corre_vcoco.npy`, else the stand-in from the HOI
+table), no NMS, as the V-COCO evaluator. With `dataset.buckets` the evaluator pads each image to the smallest bucket that
 holds its whole batch; the Predictor pads to the smallest that holds the image alone, which is
 the evaluator's choice at eval batch size 1 (the CLIP branch attends to padded positions, so the
 padding can move the scores slightly).
@@ -41,8 +44,9 @@ from data_pipeline import class_tables, transforms
 from data_pipeline.hico_reader import HoiRecord
 # cli puts the repository root on sys.path, so that `configs` imports (check_config_fields).
 from hoiclip_jax import cli  # noqa: F401
-from hoiclip_jax import checkpoints, optim, postprocess, state_io, weights
+from hoiclip_jax import checkpoints, optim, postprocess, protocols, state_io, weights
 from hoiclip_jax.metrics import hico as hico_metrics
+from hoiclip_jax.metrics import vcoco as vcoco_metrics
 from hoiclip_jax.models import hoiclip
 
 WEIGHT_FILES = (".pth", ".msgpack")
@@ -191,7 +195,10 @@ class Triplet:
       verb, object: class names (class tables).
       score: the evaluator's score, sigmoid(HOI logit) + sigmoid(object logit)**2 (in [0, 2]).
       sub_box, obj_box: [4] xyxy in pixels of the original image.
-      hoi, verb_id, object_id: class indices (HOI class, verb, object).
+      hoi, verb_id, object_id: class indices (HOI class, verb, object). V-COCO ranks (query,
+        verb-role) pairs, not HOI classes: its `hoi` is -1, `verb` a verb-role name
+        ("eat_obj") and `object` the query's predicted object ('no_object' for a role without
+        one, where `obj_box` is whatever the query predicted).
       query: the query (pair of boxes) the triplet comes from.
     """
     verb: str
@@ -217,10 +224,13 @@ class Prediction:
     Attributes:
       triplets: after the triplet NMS of `config.eval` (when `use_nms`), best score first.
       pred_boxes, pred_hois: the evaluator's per-image prediction (`metrics.hico
-        .prediction_from_topk`): [2N, 4] boxes (N subjects then N objects) and [P, 4] rows
-        (subject id, object id, HOI class, score) in the evaluator's order.
+        .prediction_from_topk`; V-COCO: `metrics.vcoco.predictions_from_topk`): [2N, 4] boxes
+        (N subjects then N objects) and [P, 4] rows (subject id, object id, HOI class (V-COCO:
+        verb-role), score) in the evaluator's order.
       topk: `postprocess.hico_topk` of the image: `scores`, `hoi_ids`, `query_ids` [k],
-        `sub_xyxy`, `obj_xyxy` [N, 4] (what `evaluation.make_predict_fn` returns per image).
+        `sub_xyxy`, `obj_xyxy` [N, 4] (what `evaluation.make_predict_fn` returns per image);
+        V-COCO (`postprocess.vcoco_topk`): `verb_ids` instead of `hoi_ids`, and `obj_labels`
+        [N].
       features: `clip_tokens` [T, W] (CLIP ln_post tokens), `q_inter` [N, W] (Q_inter),
         `o_inter` [L, N, E] (O_inter per interaction-decoder layer, in CLIP space),
         `verb_logits` [L, N, V] (S_v, the verb adapter before verb2hoi).
@@ -240,15 +250,19 @@ ImageLike = Union[str, Image.Image, np.ndarray]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "k"))
-def _forward(params, batch, hoi_to_obj, *, model, k: int):
+def _forward(params, batch, hoi_to_obj, hoi_to_verb, correct_mat, *, model, k: int):
     """Model outputs, top-k and the sown features of a batch: `evaluation.make_predict_fn`'s
-    computation, plus the features. Compiled once per (model, k, input shapes): Predictors of
-    one config share it."""
+    computation, plus the features. `correct_mat` None: HICO-Det's top-k, else V-COCO's
+    (`hoi_to_verb` and `correct_mat` [V, O + 1] used). Compiled once per (model, k, input
+    shapes, data set kind): Predictors of one config share it."""
     out, state = model.apply({"params": params}, batch["image"], batch["pixel_mask"],
                              batch["clip_image"], train=False, mutable=[hoiclip.INTERMEDIATES])
-    topk = postprocess.hico_topk(out["hoi_logits"][-1], out["obj_logits"][-1],
-                                 out["sub_boxes"][-1], out["obj_boxes"][-1], batch["orig_size"],
-                                 hoi_to_obj, k)
+    heads = (out["hoi_logits"][-1], out["obj_logits"][-1], out["sub_boxes"][-1],
+             out["obj_boxes"][-1], batch["orig_size"])
+    if correct_mat is None:
+        topk = postprocess.hico_topk(*heads, hoi_to_obj, k)
+    else:
+        topk = postprocess.vcoco_topk(*heads, hoi_to_obj, hoi_to_verb, correct_mat, k)
     features = {}
     for name, path in FEATURE_PATHS.items():
         node = state[hoiclip.INTERMEDIATES]
@@ -278,6 +292,11 @@ class Predictor:
         self.device = device
         self.params = jax.device_put(params, device)
         self._hoi_to_obj = jax.device_put(np.asarray(self.tables.hoi_to_obj, np.int32), device)
+        self._hoi_to_verb = jax.device_put(np.asarray(self.tables.hoi_to_verb, np.int32), device)
+        self._correct_mat = None
+        if config.dataset.name == "vcoco":
+            self._correct_mat = jax.device_put(protocols.vcoco_correct_mat(config, self.tables),
+                                               device)
 
     def inputs(self, image: Image.Image) -> dict:
         """The evaluator's test transform of one RGB image, as a numpy batch of one:
@@ -295,25 +314,37 @@ class Predictor:
         image = load_image(image)
         batch = jax.device_put(self.inputs(image), self.device)
         out, topk, features = jax.device_get(_forward(
-            self.params, batch, self._hoi_to_obj, model=self.model,
-            k=int(self.config.eval.max_hois)))
-        topk = {k: v[0] for k, v in topk.items()}
-        e = self.config.eval
-        evaluated = hico_metrics.prediction_from_topk(
-            topk, use_nms=e.use_nms, nms_threshold=e.nms_threshold, nms_alpha=e.nms_alpha,
-            nms_beta=e.nms_beta)
+            self.params, batch, self._hoi_to_obj, self._hoi_to_verb, self._correct_mat,
+            model=self.model, k=int(self.config.eval.max_hois)))
+        if self._correct_mat is None:
+            topk = {k: v[0] for k, v in topk.items()}
+            e = self.config.eval
+            evaluated = hico_metrics.prediction_from_topk(
+                topk, use_nms=e.use_nms, nms_threshold=e.nms_threshold, nms_alpha=e.nms_alpha,
+                nms_beta=e.nms_beta)
+            box_labels = None
+        else:
+            evaluated = vcoco_metrics.predictions_from_topk(topk)[0]
+            topk = {k: v[0] for k, v in topk.items()}
+            box_labels = evaluated["pred_box_labels"]
         return Prediction(
-            triplets=self.triplets(evaluated["pred_boxes"], evaluated["pred_hois"]),
+            triplets=self.triplets(evaluated["pred_boxes"], evaluated["pred_hois"], box_labels),
             pred_boxes=evaluated["pred_boxes"], pred_hois=evaluated["pred_hois"], topk=topk,
             features=_first_image(features), outputs=_first_image(out), size=image.size)
 
-    def triplets(self, pred_boxes: np.ndarray, pred_hois: np.ndarray) -> list[Triplet]:
-        """`Triplet`s of the evaluator's [P, 4] rows, by descending score (stable)."""
+    def triplets(self, pred_boxes: np.ndarray, pred_hois: np.ndarray,
+                 box_labels: Optional[np.ndarray] = None) -> list[Triplet]:
+        """`Triplet`s of the evaluator's [P, 4] rows, by descending score (stable). Without
+        `box_labels` the third column is an HOI class (HICO-Det); with the [2N] object label of
+        each box it is a V-COCO verb-role, and the object class is the object box's label."""
         order = np.argsort(-pred_hois[:, 3], kind="stable")
         result = []
-        for sub, obj, hoi, score in pred_hois[order]:
-            hoi = int(hoi)
-            verb, obj_class = self.tables.hois[hoi]
+        for sub, obj, cls, score in pred_hois[order]:
+            if box_labels is None:
+                hoi = int(cls)
+                verb, obj_class = self.tables.hois[hoi]
+            else:
+                hoi, verb, obj_class = -1, int(cls), int(box_labels[int(obj)])
             result.append(Triplet(
                 verb=self.tables.verbs[verb], object=self.tables.objects[obj_class],
                 score=float(score), sub_box=pred_boxes[int(sub)], obj_box=pred_boxes[int(obj)],

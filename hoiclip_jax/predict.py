@@ -12,7 +12,8 @@ overrides a workdir's config.json). Images are given after `--image` (or with `-
 For each image it prints the `--top` triplets (after the evaluator's triplet NMS, best first) as
 `person <verb> <object> score` with both boxes (xyxy pixels of the image), and writes
 `<out>/<image name>.png` with the best `--draw` triplets: human box, object box, a line between
-them, the labels. The triplets are the evaluator's (`hoiclip_jax.analysis.Predictor`).
+them, the labels. The triplets are the evaluator's (`hoiclip_jax.analysis.Predictor`); a V-COCO
+model's are (verb-role, predicted object) pairs ranked as the V-COCO evaluator ranks them.
 """
 import logging
 import os

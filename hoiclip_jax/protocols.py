@@ -199,25 +199,32 @@ class VcocoFiles:
     official_gt: Optional[vcoco_official.VcocoGroundTruth]
 
 
+def vcoco_correct_mat(config, tables) -> np.ndarray:
+    """[V, O + 1] verb-object validity of §7.2: `<root>/annotations/corre_vcoco.npy` with the
+    reference's ones column appended, or, when the file is absent (logged), the stand-in made
+    from the HOI table (`postprocess.vcoco_correct_mat`)."""
+    path = os.path.join(config.dataset.root, "annotations", "corre_vcoco.npy")
+    num_obj_logits = tables.num_objects + 1
+    if not os.path.exists(path):
+        logging.warning("%s not found: the verb-object validity is the stand-in made from the "
+                        "HOI table (postprocess.vcoco_correct_mat)", path)
+        return postprocess.vcoco_correct_mat(tables.hoi_to_verb, tables.hoi_to_obj,
+                                             tables.num_verbs, num_obj_logits)
+    mat = np.load(path).astype(np.float32)
+    if mat.shape[0] != tables.num_verbs or mat.shape[1] not in (tables.num_objects - 1,
+                                                                 tables.num_objects):
+        raise ValueError(f"{path}: shape {mat.shape}, expected [{tables.num_verbs}, "
+                         f"{tables.num_objects - 1}] (the reference's file)")
+    # The reference appends a column of ones for the no-object label (§7.2).
+    while mat.shape[1] < num_obj_logits:
+        mat = np.concatenate([mat, np.ones((mat.shape[0], 1), np.float32)], axis=1)
+    return mat
+
+
 def read_vcoco_files(config, tables) -> VcocoFiles:
     """corre_vcoco.npy (a stand-in when absent), the thesis verbs and the official GT."""
     root = config.dataset.root
-    path = os.path.join(root, "annotations", "corre_vcoco.npy")
-    num_obj_logits = tables.num_objects + 1
-    if os.path.exists(path):
-        mat = np.load(path).astype(np.float32)
-        if mat.shape[0] != tables.num_verbs or mat.shape[1] not in (tables.num_objects - 1,
-                                                                     tables.num_objects):
-            raise ValueError(f"{path}: shape {mat.shape}, expected [{tables.num_verbs}, "
-                             f"{tables.num_objects - 1}] (the reference's file)")
-        # The reference appends a column of ones for the no-object label (§7.2).
-        while mat.shape[1] < num_obj_logits:
-            mat = np.concatenate([mat, np.ones((mat.shape[0], 1), np.float32)], axis=1)
-    else:
-        logging.warning("%s not found: the verb-object validity is the stand-in made from the "
-                        "HOI table (postprocess.vcoco_correct_mat)", path)
-        mat = postprocess.vcoco_correct_mat(tables.hoi_to_verb, tables.hoi_to_obj,
-                                            tables.num_verbs, num_obj_logits)
+    mat = vcoco_correct_mat(config, tables)
     raw = class_tables.load_json(os.path.join(class_tables.TABLES_DIR, "vcoco_classes.json"))
     paths = [os.path.join(root, "data", f) for f in VCOCO_OFFICIAL_FILES]
     official = None

@@ -1,11 +1,16 @@
-"""The whole chain on a tiny synthetic set: train, checkpoint, resume, evaluate."""
+"""The whole chain on a tiny synthetic set: train, checkpoint, resume, evaluate, and the trained
+checkpoint loaded for analysis (`hoiclip_jax.load_checkpoint`, `analysis.Predictor`) predicts what
+the evaluator predicted."""
 import json
 import os
 
+import numpy as np
 import pytest
 
+import hoiclip_jax
+
 from data_pipeline import synthetic
-from hoiclip_jax import checkpoints, evaluate, train
+from hoiclip_jax import analysis, checkpoints, evaluate, protocols, train
 from tests import helpers
 
 NUM_TRAIN, NUM_TEST, BATCH = 24, 6, 4
@@ -57,3 +62,25 @@ def test_train_resume_and_evaluate(run):
     for key in ("mAP_rare", "mAP_non_rare"):  # None when no class of that kind was predicted
         assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result[key])
     json.dumps(result, allow_nan=False)  # the metrics file is strict JSON
+
+    assert_predictor_matches_evaluator(workdir, predictions, evaluator)
+
+
+def assert_predictor_matches_evaluator(workdir, predictions, evaluator):
+    """The trained checkpoint, loaded on one device outside the training code, gives each test
+    image the evaluator's top-k and its post-processed pairs (same order, same boxes)."""
+    config, params = hoiclip_jax.load_checkpoint(workdir)
+    predictor = analysis.Predictor(config, params)
+    evaluated = protocols.hico_eval_images(predictions, evaluator.records, config.eval)
+    assert len(evaluated) == NUM_TEST
+    for record, want, want_eval in zip(evaluator.records, predictions, evaluated):
+        got = predictor(evaluator.images(record))
+        for key in ("hoi_ids", "query_ids"):
+            np.testing.assert_array_equal(got.topk[key], want[key], err_msg=key)
+        for key in ("scores", "sub_xyxy", "obj_xyxy"):
+            np.testing.assert_allclose(got.topk[key], want[key], rtol=1e-5, atol=1e-3,
+                                       err_msg=f"{record.file_name} {key}")
+        np.testing.assert_array_equal(got.pred_hois[:, :3], want_eval["pred_hois"][:, :3])
+        np.testing.assert_allclose(got.pred_boxes, want_eval["pred_boxes"], atol=1e-3)
+        assert [t.hoi for t in got.triplets][:1] == [
+            int(want_eval["pred_hois"][np.argmax(want_eval["pred_hois"][:, 3]), 2])]

@@ -18,11 +18,14 @@ import pytest
 from PIL import Image
 
 import hoiclip_jax
-from data_pipeline import class_tables, loader
+from data_pipeline import class_tables, fake_layout, loader
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax import analysis, checkpoints, evaluation, optim, predict, sharding, visualize
+from hoiclip_jax import (analysis, checkpoints, evaluation, optim, predict, protocols, sharding,
+                         visualize)
 from hoiclip_jax.metrics import hico as hico_metrics
+from hoiclip_jax.metrics import vcoco as vcoco_metrics
 from hoiclip_jax.models import hoiclip
+from hoiclip_jax.tools.param_count import load_config
 from hoiclip_jax.weights import detr_import, hoiclip_import
 from tests import helpers, param_fill
 
@@ -118,11 +121,14 @@ def test_load_checkpoint_errors_name_the_problem(run, tmp_path):
         analysis.load_checkpoint(str(old))
 
 
-def evaluator_topk(config, tables, params, image_dir: str, names: list[str]) -> list[dict]:
-    """Top-k of `evaluation.make_predict_fn` on the 4-device mesh, through the eval loader."""
+def evaluator_topk(config, tables, params, image_dir: str, names: list[str],
+                   correct_mat=None) -> list[dict]:
+    """Top-k of `evaluation.make_predict_fn` on the 4-device mesh, through the eval loader
+    (V-COCO's top-k when `correct_mat` is given)."""
     mesh = sharding.make_mesh()
     model = hoiclip.build_model(config.model, tables)
-    predict_fn = evaluation.make_predict_fn(model, tables, config.eval.max_hois, mesh)
+    predict_fn = evaluation.make_predict_fn(model, tables, config.eval.max_hois, mesh,
+                                            correct_mat=correct_mat)
     empty = lambda: (np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
                      np.zeros((0, 4), np.int32))
     records = [HoiRecord(name, i, *empty()) for i, name in enumerate(names)]
@@ -401,3 +407,36 @@ def test_a_partial_weight_file_is_loaded_over_the_initial_params(run, tmp_path, 
     assert len(seen) == 1 and seen[0].model.pretrained == pth
     assert config.model.pretrained == ""  # the caller's config is not changed
     assert_same_tree(loaded, params)
+
+
+def test_vcoco_predictor_ranks_verb_roles_as_the_vcoco_evaluator(tmp_path):
+    """A V-COCO model: the Predictor's top-k is `vcoco_topk`'s with the data set's
+    corre_vcoco.npy, its rows those of the V-COCO evaluator, and its triplets name verb-roles
+    and the predicted objects."""
+    root = fake_layout.write_vcoco(str(tmp_path / "v-coco"), num_train=8, num_test=3)
+    config = helpers.set_fields(load_config(os.path.join(REPO, "configs", "vcoco.py")),
+                                helpers.smoke_overrides(root, str(tmp_path / "tfds")))
+    config.eval.max_hois = 10
+    tables = class_tables.load_class_tables(config.dataset)
+    _, _, state = param_fill.filled_state(config, tables, seed=5)
+    params = jax.device_get(optim.merge_params(state["trainable"], state["frozen"]))
+    correct_mat = protocols.vcoco_correct_mat(config, tables)
+    image_dir = os.path.join(root, "images", "val2014")
+    names = sorted(os.listdir(image_dir))[:3]
+    expected = evaluator_topk(config, tables, params, image_dir, names, correct_mat)
+    rows = vcoco_metrics.predictions_from_topk(
+        {k: np.stack([p[k] for p in expected]) for k in expected[0]})
+    predictor = analysis.Predictor(config, params)
+    for name, want, want_rows in zip(names, expected, rows):
+        got = predictor(os.path.join(image_dir, name))
+        assert "hoi_ids" not in got.topk
+        for key in ("verb_ids", "query_ids", "obj_labels"):
+            np.testing.assert_array_equal(got.topk[key], want[key], err_msg=key)
+        np.testing.assert_allclose(got.topk["scores"], want["scores"], rtol=1e-5)
+        np.testing.assert_array_equal(got.pred_hois[:, :3], want_rows["pred_hois"][:, :3])
+        best = got.triplets[0]
+        q = int(want["query_ids"][0])
+        assert (best.hoi, best.verb_id, best.query) == (-1, int(want["verb_ids"][0]), q)
+        assert best.verb == tables.verbs[best.verb_id]
+        assert best.object == tables.objects[int(want["obj_labels"][q])]
+        np.testing.assert_allclose(best.obj_box, want["obj_xyxy"][q], atol=1e-4)
