@@ -145,9 +145,11 @@ class Checkpointer:
 class BestCheckpointer:
     """Keeps the one train state with the highest validation mAP in `<workdir>/best/<step>/`.
 
-    `save_if_better` writes only when the mAP beats the kept one (strictly: a rerun of the same
-    epoch after a kill gives the same mAP and does not write again); orbax then deletes the older
-    folder (`best_fn` on the saved metrics, one kept).
+    `save_if_better` writes only when the mAP beats the kept one (strictly); orbax then deletes
+    the older folder (`best_fn` on the saved metrics, one kept). A run killed after saving its
+    best state and before its next checkpoint evaluates that step again when it resumes; the
+    rerun gives the same mAP, which counts as the best (as it did before the kill, so the run
+    log matches an uninterrupted run's) without writing the state again.
     """
 
     def __init__(self, workdir: str):
@@ -165,8 +167,12 @@ class BestCheckpointer:
         return self._best
 
     def save_if_better(self, step: int, state: Any, meta: dict, mAP: float) -> bool:
-        """Saves `state` when `mAP` (a fraction; NaN never wins) beats the kept one."""
-        if not mAP > self.best()[1]:
+        """Saves `state` when `mAP` (a fraction; NaN never wins) beats the kept one; True when
+        it did, or when the kept one is this step's with this mAP (the rerun after a kill)."""
+        kept_step, kept = self.best()
+        if kept_step == step and mAP == kept:
+            return True
+        if not mAP > kept:
             return False
         with _write_errors(self._manager, self.directory):
             self._manager.save(step, args=_save_args(state, meta), metrics={"mAP": float(mAP)},

@@ -198,4 +198,12 @@ def test_best_checkpoint_is_kept_apart_from_the_last_k(tmp_path):
     restored, meta = checkpoints.Checkpointer(workdir, keep=1, subdir=checkpoints.BEST_DIR,
                                               read_only=True).restore(3, abstract)
     assert meta == {"step": 3} and np.array_equal(restored["w"], state(3)["w"])
+    # A run killed after saving its best state at step 3 and resumed from an earlier checkpoint
+    # evaluates step 3 again: the same mAP is still the best (the log says so, as before the
+    # kill) and the kept folder is not rewritten; another step with that mAP is not better.
+    mtime = os.path.getmtime(os.path.join(reopened.directory, "3"))
+    assert reopened.save_if_better(3, state(30), {"step": 3}, 0.4)
+    assert not reopened.save_if_better(4, state(4), {"step": 4}, 0.4)
     reopened.close()
+    assert os.path.getmtime(os.path.join(reopened.directory, "3")) == mtime
+    assert sorted(os.listdir(reopened.directory)) == ["3"]
