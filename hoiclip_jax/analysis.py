@@ -23,10 +23,10 @@ same post-processing. HICO-Det (and the synthetic set): `postprocess.hico_topk` 
 classes, then the triplet NMS of `metrics.hico.prediction_from_topk` with `config.eval`. V-COCO:
 `postprocess.vcoco_topk` over (query, verb-role) pairs with the verb-object validity of
 `protocols.vcoco_correct_mat` (the data set's `corre_vcoco.npy`, else the stand-in from the HOI
-table), no NMS, as the V-COCO evaluator. With `dataset.buckets` the evaluator pads each image to the smallest bucket that
-holds its whole batch; the Predictor pads to the smallest that holds the image alone, which is
-the evaluator's choice at eval batch size 1 (the CLIP branch attends to padded positions, so the
-padding can move the scores slightly).
+table), no NMS, as the V-COCO evaluator. With `dataset.buckets` the evaluator pads each image
+to the smallest bucket that holds its whole batch; the Predictor pads to the smallest that holds
+the image alone, which is the evaluator's choice at eval batch size 1 (the CLIP branch attends
+to padded positions, so the padding can move the scores slightly).
 """
 import dataclasses
 import functools
@@ -222,7 +222,8 @@ class Prediction:
     """What the model makes of one image.
 
     Attributes:
-      triplets: after the triplet NMS of `config.eval` (when `use_nms`), best score first.
+      triplets: after the triplet NMS of `config.eval` (when `use_nms`; none for V-COCO), best
+        score first.
       pred_boxes, pred_hois: the evaluator's per-image prediction (`metrics.hico
         .prediction_from_topk`; V-COCO: `metrics.vcoco.predictions_from_topk`): [2N, 4] boxes
         (N subjects then N objects) and [P, 4] rows (subject id, object id, HOI class (V-COCO:
