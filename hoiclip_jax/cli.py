@@ -17,8 +17,12 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 
-def define_config_flag() -> flags.FlagHolder:
+def define_config_flag(required: bool = True, help_text: str = "Config file (configs/*.py); "
+                       "override fields with --config.key=value.") -> flags.FlagHolder:
     """`--config path/to/config.py[:arg]` plus `--config.key=value` overrides.
+
+    `required`: a command line without `--config` stops with "--config is required" (absl's
+    own message would be "The flag has not been parsed yet"); else the flag is None then.
 
     Checked while the flags are parsed, so that a bad command line stops before any work starts
     (nothing is written to the workdir), with absl's one-line "FATAL Flags parsing error: ...":
@@ -29,14 +33,20 @@ def define_config_flag() -> flags.FlagHolder:
       default's entries are tuples of one length, e.g. buckets (H, W), of that length);
     - the dataset fields that fit together (`transforms.check_dataset_config`).
     """
-    holder = config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/*.py); override fields with --config.key=value.",
-        lock_config=True)
+    holder = config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
     flag = flags.FLAGS[holder.name]
     parser = _CheckedConfigParser(flag.parser, holder.name)
     flag.parser = parser
-    flags.register_validator(holder.name, lambda config: parser.validate(
-        config, config_flags.get_override_values(flag)))
+
+    def validate(config) -> bool:
+        if config is None:
+            if required:
+                raise flags.IllegalFlagValueError(
+                    f"--{holder.name} is required: a config file such as configs/demo.py")
+            return True
+        return parser.validate(config, config_flags.get_override_values(flag))
+
+    flags.register_validator(holder.name, validate)
     return holder
 
 

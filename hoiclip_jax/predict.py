@@ -20,7 +20,6 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from hoiclip_jax import cli
 
@@ -30,10 +29,9 @@ DEFAULT_OUT = "predictions"  # under the workdir, or in the current folder for -
 
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
-    # Not cli.define_config_flag: its validator needs a --config, which is optional here.
-    config_flags.DEFINE_config_file(
-        "config", None, "Config file (configs/*.py) of the model; required for a .pth / "
-        ".msgpack, else it replaces the workdir's config.json.", lock_config=True)
+    cli.define_config_flag(required=False, help_text=(
+        "Config file (configs/*.py) of the model; required for a .pth / .msgpack, else it "
+        "replaces the workdir's config.json."))
     flags.DEFINE_string("workdir", None, "Run folder written by hoiclip_jax.train.")
     flags.DEFINE_string("checkpoint", None, "A checkpoint folder, or a HOICLIP .pth / .msgpack "
                         "(with --config).")

@@ -34,6 +34,18 @@ def test_train_entry_point_fails_before_any_work(tmp_path, override, message):
     assert not workdir.exists()  # nothing written
 
 
+def test_a_missing_config_is_named_and_predict_checks_its_overrides(tmp_path):
+    for module in ("hoiclip_jax.train", "hoiclip_jax.evaluate"):
+        out = run(["--workdir", str(tmp_path / "run")], module)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "FATAL Flags parsing error: --config is required" in out.stderr, out.stderr
+    # predict takes --config optionally, with the same override checks.
+    out = run(["--workdir", str(tmp_path / "run"), "--config", "configs/demo.py",
+               "--config.eval.bogus=1", "--image", "a.jpg"], "hoiclip_jax.predict")
+    assert out.returncode == 1 and "unknown config key 'bogus'" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 # A stand-in entry point with the same config flag that prints the config it got: valid
 # overrides pass and are applied (run as a script, it costs no jax import).
 PRINT_CONFIG = """
