@@ -151,6 +151,16 @@ def test_converter_reports_unused_drops_buffers_and_names_bad_keys(spec):
     with pytest.raises(ValueError, match=r"'text_projection.weight -> text_projection/kernel' "
                                          r"has shape \(16, 24\)"):
         clip_weights.convert_pytorch(square, target)
+    # Every problem is named in one error, not only the first one met.
+    several = dict(square, **{"logit_scale": np.zeros((2,), np.float32)})
+    del several["text_model.final_layer_norm.weight"]
+    with pytest.raises(ValueError) as error:
+        clip_weights.convert_pytorch(several, target, "several.safetensors")
+    message = str(error.value)
+    assert message.startswith("several.safetensors: 3 problem(s): "), message
+    for part in ("no 'text_model.final_layer_norm.weight'", "'logit_scale -> logit_scale' has "
+                 "shape (2,)", "'text_projection.weight -> text_projection/kernel' has shape"):
+        assert part in message, (part, message)
 
 
 def test_flax_file_is_checked_against_the_tree(tmp_path, spec):
@@ -159,8 +169,11 @@ def test_flax_file_is_checked_against_the_tree(tmp_path, spec):
     config = json.loads((folder / "config.json").read_text())
     config["projection_dim"] = 8  # the weights were made with 16
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"flax_model.msgpack: 'text_projection/kernel' has "
-                                         r"shape \(24, 16\), the model needs \(24, 8\)"):
+    # Both projections are named in one error.
+    with pytest.raises(ValueError, match=r"flax_model.msgpack: 2 problem\(s\): "
+                                         r"'text_projection/kernel' has shape \(24, 16\), the "
+                                         r"model needs \(24, 8\); 'visual_projection/kernel' "
+                                         r"has shape \(32, 16\)"):
         load_pretrained(str(folder), source="flax")
     os.remove(folder / clip_weights.FLAX_FILE)
     with pytest.raises(FileNotFoundError, match="flax_model.msgpack"):

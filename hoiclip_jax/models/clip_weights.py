@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import Optional
 
 import flax.serialization
 import flax.traverse_util as traverse_util
@@ -25,6 +26,7 @@ import numpy as np
 from hoiclip_jax.models.clip import ClipSpec, abstract_params
 
 CONFIG_FILE = "config.json"
+_LISTED = 20  # problems named in one error; the rest counted
 FLAX_FILE = "flax_model.msgpack"
 SAFETENSORS_FILE = "model.safetensors"
 SOURCES = {"flax": FLAX_FILE, "safetensors": SAFETENSORS_FILE}
@@ -153,15 +155,22 @@ def convert_pytorch(state_dict: dict, target: dict, source: str = "state dict"):
       `dropped`.
 
     Raises:
-      ValueError: a key the target needs is missing, or a converted shape differs (named).
+      ValueError: keys the target needs are missing, or converted shapes differ (every one
+        named, up to `_LISTED`).
     """
-    params = {}
+    params, problems = {}, []
     for key, shape in _flat_shapes(target).items():
         torch_key = _torch_key(key)
         if torch_key not in state_dict:
-            raise ValueError(f"{source}: no '{torch_key}' for the Flax parameter '{key}'")
+            problems.append(f"no '{torch_key}' for the Flax parameter '{key}'")
+            continue
         value = _to_flax(key.rsplit("/", 1)[-1], np.asarray(state_dict[torch_key]))
-        params[key] = _checked(value, shape, source, f"{torch_key} -> {key}")
+        problem = _problem(value, shape, f"{torch_key} -> {key}")
+        if problem:
+            problems.append(problem)
+        else:
+            params[key] = value.astype(np.float32)
+    _raise_problems(problems, source)
     read = {_torch_key(k) for k in params}
     dropped = sorted(k for k in state_dict if k.endswith(_DROPPED_SUFFIXES) and k not in read)
     unused = sorted(set(state_dict) - read - set(dropped))
@@ -191,32 +200,46 @@ def _match(tree: dict, target: dict, source: str) -> tuple[dict, tuple[str, ...]
     """Flat float32 {path: array} of `tree`'s leaves that `target` has, and the other paths.
 
     Raises:
-      ValueError: a target leaf is missing, or a shape differs (named).
+      ValueError: target leaves are missing, or shapes differ (every one named, up to
+        `_LISTED`).
     """
     expected = _flat_shapes(target)
-    params, unused = {}, []
+    params, unused, problems, seen = {}, [], [], set()
     for key, value in traverse_util.flatten_dict(tree).items():
         key = "/".join(key)
-        if key in expected:
-            params[key] = _checked(np.asarray(value), expected[key], source, key)
-        else:
+        if key not in expected:
             unused.append(key)
-    _raise_missing(expected, params, source)
+            continue
+        seen.add(key)
+        value = np.asarray(value)
+        problem = _problem(value, expected[key], key)
+        if problem:
+            problems.append(problem)
+        else:
+            params[key] = value.astype(np.float32)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        problems.insert(0, f"{len(missing)} parameters missing, e.g. {missing[:5]}")
+    _raise_problems(problems, source)
     return params, tuple(sorted(unused))
 
 
-def _checked(value: np.ndarray, shape: tuple, source: str, key: str) -> np.ndarray:
+def _problem(value: np.ndarray, shape: tuple, key: str) -> Optional[str]:
+    """Why `value` cannot be the parameter `key` of `shape`, or None."""
     if value.shape != shape:
-        raise ValueError(f"{source}: '{key}' has shape {value.shape}, the model needs {shape}")
+        return f"'{key}' has shape {value.shape}, the model needs {shape}"
     if not np.issubdtype(value.dtype, np.floating):
-        raise ValueError(f"{source}: '{key}' has dtype {value.dtype}, expected floating point")
-    return value.astype(np.float32)
+        return f"'{key}' has dtype {value.dtype}, expected floating point"
+    return None
 
 
-def _raise_missing(expected: dict, params: dict, source: str) -> None:
-    missing = sorted(set(expected) - set(params))
-    if missing:
-        raise ValueError(f"{source}: {len(missing)} parameters missing, e.g. {missing[:5]}")
+def _raise_problems(problems: list[str], source: str) -> None:
+    """One ValueError naming `source` and every problem (the first `_LISTED`)."""
+    if not problems:
+        return
+    more = f"; ... {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+    raise ValueError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems[:_LISTED])
+                     + more)
 
 
 def _unflatten(flat: dict) -> dict:
