@@ -53,18 +53,28 @@ def max_abs_diff(a, b) -> float:
 
 
 @pytest.mark.parametrize("num_devices", DEVICE_COUNTS[1:])
-def test_device_count_does_not_change_parameters(runs, num_devices):
+def test_device_count_does_not_change_parameters(setup, runs, num_devices):
     single, single_history = runs[1]
     multi, multi_history = runs[num_devices]
     assert int(multi["step"]) == int(single["step"]) == NUM_STEPS
     for step, (a, b) in enumerate(zip(single_history, multi_history)):
         np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, err_msg=f"step {step}")
     assert jax.tree.structure(multi) == jax.tree.structure(single)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single["trainable"]),
-                            jax.tree.leaves(multi["trainable"])):
-        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+    # The optimizer's moments are (averages of) the gradients: they must agree closely.
     for a, b in zip(jax.tree.leaves(single["opt_state"]), jax.tree.leaves(multi["opt_state"])):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+    # Adam moves a parameter whose gradient is near zero (|g| ~ eps) by a fraction of the learning
+    # rate that depends on the gradient's last digits, so the summation order of the sharded
+    # reductions shows in a few such elements: with jax 0.11.2 on 4 devices, 1 of 2,048 elements
+    # of a conv kernel moved 1.4e-4 (14 % of one step), two of 32 of a norm scale 1.8e-5 (with
+    # jax 0.12 all stay below 1e-5). So: no element differs by half a step, and on average the
+    # elements of every leaf agree to 1e-5 (a missed or doubled update moves them all by ~lr).
+    lr = float(setup[0].optim.lr)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single["trainable"]),
+                            jax.tree.leaves(multi["trainable"])):
+        diff = np.abs(np.asarray(b) - np.asarray(a))
+        where = jax.tree_util.keystr(path)
+        assert diff.max() < 0.5 * lr and diff.mean() < 1e-5, (where, diff.max(), diff.mean())
 
 
 def test_steps_really_train(setup, runs):
