@@ -185,27 +185,38 @@ def _build_state(config, tables):
     return model, tx, state
 
 
-def measure(config, batch_size: int, steps: int, warmup: int = 1,
-            devices: Optional[Sequence] = None, build: Optional[Callable] = None,
-            compiler_options: Optional[dict] = None) -> StepBenchmark:
-    """Builds the trainer's step for `config` and times it on one fixed random batch.
+@dataclasses.dataclass
+class PreparedStep:
+    """The trainer's compiled step for one config, with its step-0 state and a random batch."""
+    config: object
+    tables: object
+    model: object
+    mesh: object
+    state: dict
+    batch: dict
+    compiled: Callable
+    init_s: float
+    compile_s: float
+    trainable_params: int
+    total_params: int
+
+
+def prepare(config, batch_size: int, devices: Optional[Sequence] = None,
+            build: Optional[Callable] = None, compiler_options: Optional[dict] = None,
+            compile_step: bool = True) -> PreparedStep:
+    """Builds state, batch and the ahead-of-time compiled step as `hoiclip_jax.train` does.
 
     Args:
       config: a full config (weights fields as wanted: see `clear_weight_files`).
       batch_size: global batch; must divide by the number of devices.
-      steps: measured steps (after `warmup` untimed ones).
       devices: mesh devices (default: all).
       build: (config, tables) -> (model, tx, step-0 state); default `state_io.build_state`.
         Values do not change the step's cost; tests pass a faster builder.
       compiler_options: XLA options for compiling the step (tests: a faster CPU compile).
-
-    Returns:
-      StepBenchmark.
+      compile_step: False leaves `compiled` None (an inference benchmark needs no train step).
     """
     from data_pipeline import class_tables  # late: the repository root must be on sys.path
 
-    if steps < 1:
-        raise ValueError(f"--steps={steps}: need at least one measured step")
     mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(batch_size, mesh)
     tables = class_tables.load_class_tables(config.dataset)
@@ -215,28 +226,89 @@ def measure(config, batch_size: int, steps: int, warmup: int = 1,
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-    trainable, total = count(state["trainable"]), count(state["trainable"]) + count(state["frozen"])
+    trainable = count(state["trainable"])
 
     step_fn = train_step.make_train_step(model, tx, matching.build_matcher(config.matcher, mesh),
-                                         config.loss, mesh)
+                                         config.loss, mesh, config.train.microbatches)
     batch = sharding.put_batch(random_batch(config, tables, batch_size), mesh)
     start = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile(compiler_options=compiler_options)
+    compiled = (step_fn.lower(state, batch).compile(compiler_options=compiler_options)
+                if compile_step else None)
     compile_s = time.perf_counter() - start
+    return PreparedStep(config, tables, model, mesh, state, batch, compiled, init_s, compile_s,
+                        trainable, trainable + count(state["frozen"]))
+
+
+def compile_inference(prepared: PreparedStep, tfe_k: Sequence[int] = ()):
+    """(compiled, args): the evaluator's forward + top-k (`evaluation.make_predict_fn`) on the
+    prepared batch, with the prepared state's parameters."""
+    from hoiclip_jax import evaluation, optim
+    state = prepared.state
+    params = optim.merge_params(state["trainable"], state["frozen"])
+    predict = evaluation.make_predict_fn(prepared.model, prepared.tables,
+                                         prepared.config.eval.max_hois, prepared.mesh, tfe_k)
+    batch = dict(prepared.batch)
+    args = (params, batch)
+    return predict.lower(*args).compile(), args
+
+
+def measure(config, batch_size: int, steps: int, warmup: int = 1,
+            devices: Optional[Sequence] = None, build: Optional[Callable] = None,
+            compiler_options: Optional[dict] = None) -> StepBenchmark:
+    """Builds the trainer's step for `config` (`prepare`) and times it on one fixed random batch.
+
+    Args: as `prepare`, plus `steps` measured steps after `warmup` untimed ones.
+
+    Returns:
+      StepBenchmark.
+    """
+    if steps < 1:
+        raise ValueError(f"--steps={steps}: need at least one measured step")
+    p = prepare(config, batch_size, devices, build, compiler_options)
+    state = p.state
     for _ in range(warmup):
-        state, metrics = compiled(state, batch)
+        state, metrics = p.compiled(state, p.batch)
     jax.block_until_ready(state)
-    state, metrics, step_times, matcher_times, calls = _timed_steps(compiled, state, batch, steps)
+    state, metrics, step_times, matcher_times, calls = _timed_steps(p.compiled, state, p.batch,
+                                                                    steps)
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"the benchmarked step gave a non-finite loss {metrics['loss']}")
-    memory, source = peak_memory(mesh.devices.flat)
+    memory, source = peak_memory(p.mesh.devices.flat)
     return StepBenchmark(
-            backend=jax.default_backend(), device_kind=mesh.devices.flat[0].device_kind,
-            num_devices=mesh.size, dtype=str(config.model.dtype), batch_size=batch_size,
-            image_size=tuple(config.dataset.canvas), init_s=init_s, compile_s=compile_s,
+            backend=jax.default_backend(), device_kind=p.mesh.devices.flat[0].device_kind,
+            num_devices=p.mesh.size, dtype=str(config.model.dtype), batch_size=batch_size,
+            image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=p.compile_s,
             step_times_s=tuple(step_times), matcher_times_s=tuple(matcher_times),
             callbacks_per_step=float(calls), peak_memory_bytes=memory, memory_source=source,
-            trainable_params=trainable, total_params=total)
+            trainable_params=p.trainable_params, total_params=p.total_params)
+
+
+def measure_inference(config, batch_size: int, steps: int, warmup: int = 1,
+                      devices: Optional[Sequence] = None, build: Optional[Callable] = None
+                      ) -> StepBenchmark:
+    """Times the evaluator's forward + top-k (`compile_inference`) like `measure` the step
+    (no matcher: its fields are zero)."""
+    if steps < 1:
+        raise ValueError(f"--steps={steps}: need at least one measured step")
+    p = prepare(config, batch_size, devices, build, compile_step=False)
+    start = time.perf_counter()
+    compiled, args = compile_inference(p)
+    compile_s = time.perf_counter() - start
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    memory, source = peak_memory(p.mesh.devices.flat)
+    return StepBenchmark(
+            backend=jax.default_backend(), device_kind=p.mesh.devices.flat[0].device_kind,
+            num_devices=p.mesh.size, dtype=str(config.model.dtype), batch_size=batch_size,
+            image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=compile_s,
+            step_times_s=tuple(times), matcher_times_s=(0.0,) * steps, callbacks_per_step=0.0,
+            peak_memory_bytes=memory, memory_source=source,
+            trainable_params=p.trainable_params, total_params=p.total_params)
 
 
 COLUMNS = ("config", "backend (device)", "devices", "dtype", "batch", "image", "compile s",
@@ -293,8 +365,12 @@ def main(argv) -> None:
     for note in notes:
         print(f"note: {note}", flush=True)
     batch = f.batch or config.train.batch_size
-    result = measure(config, batch, f.steps, f.warmup)
+    if f.inference:
+        result = measure_inference(config, batch, f.steps, f.warmup)
+    else:
+        result = measure(config, batch, f.steps, f.warmup)
     name = os.path.splitext(os.path.basename(f["config"].config_filename))[0]
+    name += " (inference)" if f.inference else ""
     print(format_table([table_row(name, result)]))
     print(describe(result))
 
@@ -308,4 +384,6 @@ if __name__ == "__main__":
                         "canvas).")
     flags.DEFINE_integer("steps", 10, "Measured steps.")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
+    flags.DEFINE_bool("inference", False, "Time the evaluator's forward + top-k (train=False) "
+                      "instead of the training step.")
     app.run(main)

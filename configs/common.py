@@ -202,6 +202,11 @@ def optim_config() -> mlc.ConfigDict:
 def train_config() -> mlc.ConfigDict:
     t = mlc.ConfigDict()
     t.batch_size = 16            # global batch (reference: 2 GPUs x 8)
+    # Gradient accumulation: the step sums the gradients of this many microbatches of the batch
+    # (whole-batch loss normalisers, so the update is the full batch's) and keeps only one
+    # microbatch's activations alive: the paper's batch on a small GPU. Each device's share of
+    # the batch must divide by it.
+    t.microbatches = 1
     t.num_epochs = 90
     t.log_every_steps = 50       # progress bar, <workdir>/metrics.jsonl and tensorboard/
     t.checkpoint_every_steps = 1000  # and at every epoch end (after that epoch's evaluation)

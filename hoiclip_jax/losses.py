@@ -77,7 +77,7 @@ def _gather(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
 
 
 def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float,
-                   groups: int = 1) -> jnp.ndarray:
+                   groups: int = 1, num_pos=None) -> jnp.ndarray:
     """CornerNet-style focal loss over all [B, N, K] entries of each layer.
 
     Args:
@@ -85,6 +85,8 @@ def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float,
       target: [L, B, N, K] multi-hot targets (0 for unmatched queries).
       alpha: weight of the positive term; the negative one gets 1 - alpha.
       groups: contiguous batch groups normalised on their own, then averaged.
+      num_pos: [G] or [L, G] positive counts to divide by instead of the counts of `target`
+        (microbatches: the counts of the whole batch, `label_normalizers`).
 
     Returns:
       [L]: -(sum pos + sum neg) / num_pos, or -sum neg where a group has no positive label.
@@ -94,7 +96,7 @@ def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float,
     is_neg = (target < 1).astype(jnp.float32)
     pos = alpha * jnp.log(p) * (1 - p) ** _FOCAL_GAMMA * is_pos
     neg = (1 - alpha) * jnp.log(1 - p) * p ** _FOCAL_GAMMA * is_neg
-    num_pos = _group_sum(is_pos, groups)
+    num_pos = _group_sum(is_pos, groups) if num_pos is None else num_pos
     pos_sum, neg_sum = _group_sum(pos, groups), _group_sum(neg, groups)
     # max(num_pos, 1) keeps the unused branch (and its gradient) finite.
     per_group = jnp.where(num_pos > 0, -(pos_sum + neg_sum) / jnp.maximum(num_pos, 1), -neg_sum)
@@ -102,17 +104,19 @@ def focal_hoi_loss(logits: jnp.ndarray, target: jnp.ndarray, alpha: float,
 
 
 def obj_ce_loss(logits: jnp.ndarray, target: jnp.ndarray, eos_coef: float,
-                groups: int = 1) -> jnp.ndarray:
+                groups: int = 1, weight_sum=None) -> jnp.ndarray:
     """Weighted softmax CE: [L, B, N, O+1] logits, [L, B, N] class -> [L] sum(w ce) / sum(w).
 
     The last class is "no object" and weighs `eos_coef`; the others weigh 1. With `groups` > 1
-    the ratio is taken per contiguous batch group and averaged over the groups.
+    the ratio is taken per contiguous batch group and averaged over the groups. `weight_sum`
+    ([G] or [L, G]) replaces sum(w) (microbatches: the whole batch's, `label_normalizers`).
     """
     no_object = logits.shape[-1] - 1
     log_p = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
     w = jnp.where(target == no_object, eos_coef, 1.0)
-    return (_group_sum(w * ce, groups) / _group_sum(w, groups)).mean(-1)
+    weight_sum = _group_sum(w, groups) if weight_sum is None else weight_sum
+    return (_group_sum(w * ce, groups) / weight_sum).mean(-1)
 
 
 def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser, groups: int) -> jnp.ndarray:
@@ -122,7 +126,7 @@ def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser, groups: int
 
 
 def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
-               matched: jnp.ndarray, groups: int = 1) -> dict:
+               matched: jnp.ndarray, groups: int = 1, normalizers=None) -> dict:
     """L1 and GIoU losses of the matched pairs (§2.2), each [L].
 
     Args:
@@ -130,6 +134,8 @@ def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
       batch: `sub_boxes`, `obj_boxes [B, M, 4]` cxcywh, `obj_exists`, `pair_mask [B, M]`.
       matched: [L, B, M] True where GT pair m got a query.
       groups: contiguous batch groups (devices) normalised on their own, then averaged.
+      normalizers: optional `num_pairs` (scalar) and `num_obj` ([G]) to divide by instead of
+        this batch's counts (microbatches: `label_normalizers` of the whole batch).
 
     Subject terms are divided by the number of real GT pairs of the whole batch / groups (the
     reference's all-reduced count / world size), clamped >= 1; object terms only count pairs
@@ -138,6 +144,8 @@ def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
     num_pairs = jnp.maximum(batch["pair_mask"].sum().astype(jnp.float32) / groups, 1.0)
     obj_matched = matched & batch["obj_exists"][None]
     num_obj = _group_sum(obj_matched.astype(jnp.float32), groups) + 1e-4
+    if normalizers is not None:
+        num_pairs, num_obj = normalizers["num_pairs"], normalizers["num_obj"]
     gt_sub, gt_obj = batch["sub_boxes"][None], batch["obj_boxes"][None]
     l1 = lambda pred, gt: jnp.abs(pred - gt).sum(-1)
     one_minus_giou = lambda pred, gt: 1 - box_ops.elementwise_giou(
@@ -193,8 +201,40 @@ def _name_layers(per_layer: dict) -> dict:
     return named
 
 
+def label_normalizers(batch: dict, loss_config, num_devices: int, num_queries: int) -> dict:
+    """The loss normalisers of `batch` computed from its labels alone, per normaliser group.
+
+    They equal the counts `set_losses` takes from the matching whenever every real GT pair is
+    matched, which the Hungarian assignment guarantees when no image has more real pairs than
+    there are queries (`check_microbatching`). A microbatched step computes them once for the
+    whole (global) batch and hands them to every microbatch's `set_losses`, so that the summed
+    microbatch losses and gradients equal the full batch's (DETR divides by whole-batch counts).
+
+    Returns:
+      `num_pos` [G] (positive HOI labels), `weight_sum` [G] (object-CE weights: 1 per matched
+      query, `eos_coef` per unmatched one), `num_pairs` scalar (real pairs / G, >= 1) and
+      `num_obj` [G] (pairs with an object, + 1e-4).
+    """
+    groups = normalizer_groups(loss_config, num_devices)
+    pair_mask = jnp.asarray(batch["pair_mask"], bool)
+    real = pair_mask.astype(jnp.float32)[None]                       # [1, B, M]
+    hoi = jnp.asarray(batch["hoi_labels"], jnp.float32)
+    per_group = lambda x: _group_sum(x, groups)[0]
+    pairs_per_image = real.sum(-1)                                   # [1, B]
+    images = jnp.ones_like(pairs_per_image)
+    return {
+            "num_pos": per_group((hoi == 1).sum(-1) * real),
+            "weight_sum": per_group(loss_config.eos_coef * (num_queries * images
+                                                            - pairs_per_image)
+                                    + pairs_per_image),
+            "num_pairs": jnp.maximum(pair_mask.sum().astype(jnp.float32) / groups, 1.0),
+            "num_obj": per_group(real * jnp.asarray(batch["obj_exists"], jnp.float32)[None])
+                       + 1e-4,
+    }
+
+
 def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config,
-               num_devices: int = 1) -> dict:
+               num_devices: int = 1, normalizers=None) -> dict:
     """The six §2.2 terms for every decoder layer, plus logged-only metrics.
 
     Args:
@@ -205,6 +245,9 @@ def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config,
       loss_config: `focal_alpha`, `eos_coef`, `normalizer` ('global' | 'per_device').
       num_devices: size of the mesh's 'data' axis; with 'per_device' normalisers the batch is
         cut into this many contiguous groups, one per device shard (B must divide by it).
+      normalizers: `label_normalizers` of a larger batch that this one is a microbatch of; the
+        loss terms are then that batch's terms restricted to these images (they add up over
+        the microbatches). None: this batch's own counts.
 
     Returns:
       {name: scalar}: `loss_*` terms (final layer unsuffixed, aux layers `_0`, `_1`, ...) and the
@@ -218,14 +261,16 @@ def set_losses(outputs: dict, batch: dict, indices: jnp.ndarray, loss_config,
     groups = normalizer_groups(loss_config, num_devices)
     num_queries, no_object = outputs["obj_logits"].shape[2], outputs["obj_logits"].shape[3] - 1
     hoi_target, obj_target = _per_query_targets(indices, batch, num_queries, no_object)
+    n = normalizers or {}
     matched = (indices >= 0) & (indices < num_queries) & batch["pair_mask"][None]
     per_layer = {
             "loss_hoi_labels": focal_hoi_loss(outputs["hoi_logits"], hoi_target,
-                                              loss_config.focal_alpha, groups),
+                                              loss_config.focal_alpha, groups, n.get("num_pos")),
             "loss_obj_ce": obj_ce_loss(outputs["obj_logits"], obj_target, loss_config.eos_coef,
-                                       groups),
+                                       groups, n.get("weight_sum")),
             **box_losses(_gather(outputs["sub_boxes"], indices),
-                         _gather(outputs["obj_boxes"], indices), batch, matched, groups),
+                         _gather(outputs["obj_boxes"], indices), batch, matched, groups,
+                         normalizers),
     }
     return {**_name_layers(per_layer), **_metrics(outputs, batch, indices, matched)}
 

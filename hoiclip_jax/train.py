@@ -171,6 +171,8 @@ def start_run(config, workdir: str) -> tuple[Run, dict]:
                          f"'stop'")
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.train.batch_size, mesh)
+    train_step.check_microbatching(config.train.microbatches, config.train.batch_size, mesh.size,
+                                   config.dataset.max_pairs, config.model.num_queries)
     if config.train.eval_every_epochs > 0:  # fail now rather than after the first epoch
         sharding.check_batch_size(config.eval.batch_size, mesh)
     data = load_train_data(config)
@@ -189,7 +191,7 @@ def start_run(config, workdir: str) -> tuple[Run, dict]:
     logging.info("Train: %d images with interactions, %d steps/epoch, %d epochs, from step %d",
                  data.num_train, data.steps_per_epoch, config.train.num_epochs, step)
     step_fn = train_step.make_train_step(model, tx, matching.build_matcher(config.matcher, mesh),
-                                         config.loss, mesh)
+                                         config.loss, mesh, config.train.microbatches)
     bar = tqdm.tqdm(total=data.steps_per_epoch * config.train.num_epochs, initial=step,
                     unit="step", dynamic_ncols=True, disable=not main_process)
     run = Run(config, mesh, data, step_fn, ckpt, log, bar, schedules, data_digest=digest,

@@ -1,0 +1,116 @@
+"""2-D convolution whose backward pass is written as matrix products (for the ResNet backbone).
+
+The forward pass is `lax.conv_general_dilated`, exactly what `flax.linen.Conv` runs. The backward
+pass is the same mathematics as JAX's transpose rule, but as one matrix product per kernel tap:
+
+    y[b, i, j]   = sum_{u, v} xpad[b, s*i + u, s*j + v] @ W[u, v]
+    dW[u, v]     = sum_{b, i, j} xpad[b, s*i + u, s*j + v]^T dy[b, i, j]
+    dxpad[b, s*i + u, s*j + v] += dy[b, i, j] @ W[u, v]^T
+
+Why: XLA:CPU lowers the transposed convolutions to a filter-gradient convolution with the whole
+activation map as its window (rhs-dilated for strided layers) and to an lhs-dilated convolution
+for the input gradient of strided layers, and transposes every saved activation to a
+channel-major layout first. Profiled on the hico config (batch 2, 512x512, 2 cores), those made
+the backbone's backward pass 2.6x its forward; matrix products run at the forward's speed
+(benchmarks/README.md, "Where the time goes"). The values are equal up to float32 summation
+order.
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _forward(x, kernel, stride: int, padding: int):
+    return lax.conv_general_dilated(x, kernel, (stride, stride),
+                                    ((padding, padding), (padding, padding)),
+                                    dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Square-kernel convolution, symmetric zero padding.
+
+    Args:
+      x: [B, H, W, Cin].
+      kernel: [k, k, Cin, Cout] (HWIO, as flax's Conv).
+      stride, padding: the same in both spatial dimensions.
+
+    Returns:
+      [B, Ho, Wo, Cout] with Ho = (H + 2 padding - k) // stride + 1 (likewise Wo).
+    """
+    return _forward(x, kernel, stride, padding)
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+    return _forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _tap_window(u: int, v: int, stride: int, out_hw: tuple[int, int]):
+    """Start, limit and strides of the padded-input slice that kernel tap (u, v) reads."""
+    (ho, wo), s = out_hw, stride
+    return (0, u, v, 0), (None, u + s * (ho - 1) + 1, v + s * (wo - 1) + 1, None), (1, s, s, 1)
+
+
+def _conv2d_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    k = kernel.shape[0]
+    b, h, w, c = x.shape
+    ho, wo = dy.shape[1:3]
+    p = padding
+    xpad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    hp, wp = h + 2 * p, w + 2 * p
+    # Products accumulate in float32 and are cast back (bfloat16 runs keep float32 sums).
+    dot = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+    d_kernel, d_xpad = [], None
+    for u in range(k):
+        row = []
+        for v in range(k):
+            start, limit, strides = _tap_window(u, v, stride, (ho, wo))
+            limit = (b,) + limit[1:3] + (c,)
+            tap = lax.slice(xpad, start, limit, strides) if (k, stride) != (1, 1) else xpad
+            row.append(dot("bhwc,bhwo->co", tap, dy))
+            grad_tap = dot("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
+            if (k, stride) != (1, 1):
+                # Scatter onto the tap's strided window of the padded input.
+                grad_tap = lax.pad(grad_tap, jnp.zeros((), x.dtype),
+                                   ((0, 0, 0), (u, hp - limit[1], stride - 1),
+                                    (v, wp - limit[2], stride - 1), (0, 0, 0)))
+            d_xpad = grad_tap if d_xpad is None else d_xpad + grad_tap
+        d_kernel.append(jnp.stack(row))
+    d_x = d_xpad[:, p:p + h, p:p + w] if p else d_xpad
+    return d_x.astype(x.dtype), jnp.stack(d_kernel).astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class Conv(nn.Module):
+    """Bias-free square convolution with `conv2d`'s backward pass; params as `nn.Conv`'s.
+
+    Attributes:
+      features: output channels.
+      kernel_size: k (a k x k kernel, param `kernel` [k, k, Cin, features]).
+      stride: both dimensions.
+      padding: symmetric zero padding, both dimensions.
+      kernel_init: initializer of the kernel.
+      dtype: computation dtype (the kernel param stays float32).
+    """
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int
+    kernel_init: Callable[..., jax.Array]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        """x: [B, H, W, Cin] -> [B, Ho, Wo, features]."""
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
