@@ -47,6 +47,7 @@ class StepBenchmark:
     memory_source: str           # 'device peak_bytes_in_use' or 'host peak RSS'
     trainable_params: int
     total_params: int
+    flops_per_step: float = float("nan")  # XLA's cost analysis of the compiled step
 
     @property
     def step_median_s(self) -> float:
@@ -200,6 +201,18 @@ class PreparedStep:
     trainable_params: int
     total_params: int
 
+    @property
+    def flops_per_step(self) -> float:
+        """XLA's FLOP count of the compiled step (nan when it reports none)."""
+        return compiled_flops(self.compiled)
+
+
+def compiled_flops(compiled) -> float:
+    """FLOPs of one call of a compiled function, from XLA's cost analysis (nan if absent)."""
+    cost = compiled.cost_analysis() if compiled is not None else None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
 
 def prepare(config, batch_size: int, devices: Optional[Sequence] = None,
             build: Optional[Callable] = None, compiler_options: Optional[dict] = None,
@@ -280,7 +293,8 @@ def measure(config, batch_size: int, steps: int, warmup: int = 1,
             image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=p.compile_s,
             step_times_s=tuple(step_times), matcher_times_s=tuple(matcher_times),
             callbacks_per_step=float(calls), peak_memory_bytes=memory, memory_source=source,
-            trainable_params=p.trainable_params, total_params=p.total_params)
+            trainable_params=p.trainable_params, total_params=p.total_params,
+            flops_per_step=p.flops_per_step)
 
 
 def measure_inference(config, batch_size: int, steps: int, warmup: int = 1,
@@ -308,7 +322,8 @@ def measure_inference(config, batch_size: int, steps: int, warmup: int = 1,
             image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=compile_s,
             step_times_s=tuple(times), matcher_times_s=(0.0,) * steps, callbacks_per_step=0.0,
             peak_memory_bytes=memory, memory_source=source,
-            trainable_params=p.trainable_params, total_params=p.total_params)
+            trainable_params=p.trainable_params, total_params=p.total_params,
+            flops_per_step=compiled_flops(compiled))
 
 
 COLUMNS = ("config", "backend (device)", "devices", "dtype", "batch", "image", "compile s",
@@ -340,7 +355,8 @@ def describe(r: StepBenchmark) -> str:
             + ", ".join(f"{t * 1e3:.1f}" for t in r.step_times_s) + " ms; matcher "
             + ", ".join(f"{t * 1e3:.2f}" for t in r.matcher_times_s)
             + f" ms ({r.callbacks_per_step:g} host calls/step); params {r.trainable_params:,} "
-            f"trainable / {r.total_params:,}; memory: {r.memory_source}")
+            f"trainable / {r.total_params:,}; memory: {r.memory_source}; "
+            f"{r.flops_per_step / r.batch_size / 1e9:,.1f} GFLOP per image (XLA cost analysis)")
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -148,12 +148,19 @@ def model_config(dataset: str) -> mlc.ConfigDict:
     # published V-COCO numbers come from that matrix. True reproduces it (V-COCO tables only).
     m.vcoco_verb2hoi_bug = False
     m.dtype = "float32"
+    # Activation checkpointing of the backbone stages and transformer layers: 'none' or a
+    # jax.checkpoint_policies name ('nothing_saveable', 'dots_saveable', ...; models/remat.py).
+    # Same results, less device memory, more compute (benchmarks/README.md, "Memory").
+    m.remat = "none"
     return m
 
 
 def matcher_config() -> mlc.ConfigDict:
     return mlc.ConfigDict(dict(
             name="hungarian_host",
+            # Where the assignment runs: 'scipy' (host callback, per device shard) or 'device'
+            # (optax's Hungarian algorithm inside the compiled step; no host round trip).
+            backend="scipy",
             cost_hoi=1.0, cost_obj=1.0, cost_bbox=2.5, cost_giou=1.0,
     ))
 

@@ -1,9 +1,16 @@
 """Hungarian matching of predicted HOI queries to GT pairs (reference §2.1).
 
-The cost is computed on device for every decoder layer at once (`hoi_cost`); only the linear sum
-assignment runs on the host (`assign_host`, scipy). `match` calls the host function through one
-`jax.pure_callback` per step, inside `jax.shard_map` over the mesh's 'data' axis so that every
-device matches its own batch shard (a bare callback would gather the whole batch to device 0).
+The cost is computed on device for every decoder layer at once (`hoi_cost`). The linear sum
+assignment runs where `config.matcher.backend` says:
+- 'scipy' (default): on the host (`assign_host`, scipy). `match` calls the host function through
+  one `jax.pure_callback` per step, inside `jax.shard_map` over the mesh's 'data' axis so that
+  every device matches its own batch shard (a bare callback would gather the whole batch to
+  device 0).
+- 'device': inside the compiled step (`match_on_device`, optax's Hungarian algorithm, vmapped
+  over layers and images): no host round trip, which on an accelerator saves the stall of the
+  device-to-host copy and the Python callback.
+Both give the same optimal assignment; where several assignments are optimal (exact ties) each
+backend picks its own, deterministically.
 
 Indices are returned per GT column: `indices[l, b, m]` is the query matched to GT pair `m` of
 image `b` in layer `l`, or -1 when that pair is padding or got no query.
@@ -14,6 +21,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import scipy.optimize
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -211,13 +219,56 @@ def match(cost: jnp.ndarray, pair_mask: jnp.ndarray, mesh) -> jnp.ndarray:
     return sharded(cost, pair_mask)
 
 
+def _assign_one(cost: jnp.ndarray, real: jnp.ndarray) -> jnp.ndarray:
+    """One [N, M] matrix on device -> [M] int32 query per GT column (-1 for padding)."""
+    # Padded columns get one constant cost above every real cost. A constant column never
+    # changes which assignment of the real columns is optimal (every query pays it the same),
+    # and being the dearest it is only used once every real column has a query (which matters
+    # when there are more columns than queries). A value at the scale of the real costs rather
+    # than PAD_COST keeps the algorithm's float32 potentials precise (at 1e6 a float32 step is
+    # 0.06).
+    dearest = jnp.max(jnp.where(real[None, :], jnp.abs(cost), 0.0)) + 1.0
+    cost = jnp.where(real[None, :], cost, dearest)
+    queries, columns = optax.assignment.hungarian_algorithm(cost)
+    out = jnp.full(cost.shape[1], -1, jnp.int32).at[columns].set(queries.astype(jnp.int32))
+    return jnp.where(real, out, -1)
+
+
+def match_on_device(cost: jnp.ndarray, pair_mask: jnp.ndarray) -> jnp.ndarray:
+    """`match` computed inside the program: optax's Hungarian algorithm on every matrix.
+
+    Args:
+      cost: [L, B, N, M] from `hoi_cost`.
+      pair_mask: [B, M] bool, True on real GT pairs (any order).
+
+    Returns:
+      [L, B, M] int32 as `match`: the query matched to each GT pair, -1 for padding or no match
+      (with more real pairs than queries, the pairs left over).
+    """
+    num_layers, b, n, m = cost.shape
+    real = jnp.broadcast_to(jnp.asarray(pair_mask, bool)[None], (num_layers, b, m))
+    flat = jax.vmap(_assign_one)(jax.lax.stop_gradient(cost).reshape(-1, n, m),
+                                 real.reshape(-1, m))
+    return flat.reshape(num_layers, b, m)
+
+
+BACKENDS = ("scipy", "device")
+
+
 def build_matcher(matcher_config, mesh) -> Callable[[dict, dict], jnp.ndarray]:
-    """Matcher picked by `matcher_config.name`: returns (outputs, batch) -> indices [L, B, M]."""
+    """Matcher picked by `matcher_config.name` and `.backend` ('scipy' on the host or 'device',
+    see the module docstring): returns (outputs, batch) -> indices [L, B, M]."""
     if matcher_config.name != "hungarian_host":
         raise ValueError(f"config.matcher.name = {matcher_config.name!r} is not a known matcher "
                          "(known: 'hungarian_host')")
+    if matcher_config.backend not in BACKENDS:
+        raise ValueError(f"config.matcher.backend = {matcher_config.backend!r}: expected one of "
+                         f"{BACKENDS}")
 
     def matcher(outputs: dict, batch: dict) -> jnp.ndarray:
-        return match(hoi_cost(outputs, batch, matcher_config), batch["pair_mask"], mesh)
+        cost = hoi_cost(outputs, batch, matcher_config)
+        if matcher_config.backend == "device":
+            return match_on_device(cost, batch["pair_mask"])
+        return match(cost, batch["pair_mask"], mesh)
 
     return matcher

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+import jax
 import numpy as np
 
 from configs import demo
@@ -148,3 +149,14 @@ class ListHandler(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def assert_trees_close(a, b, rtol: float = 1e-5) -> None:
+    """Every leaf of `b` equals `a`'s to `rtol` relative, with an absolute floor of `rtol` x the
+    largest magnitude of all of `a` (leaves whose true value is 0, such as the gradients of
+    attention key biases, which softmax cancels, hold only rounding noise)."""
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(a)]
+    scale = max(float(np.abs(x).max()) for x in leaves if x.size)
+    assert scale > 0
+    for x, y in zip(leaves, jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(y, np.float64), x, rtol=rtol, atol=rtol * scale)

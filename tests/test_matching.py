@@ -153,7 +153,7 @@ def test_grad_through_a_loss_that_matches():
 
 
 def _matcher_config(**weights):
-    base = dict(name="hungarian_host", cost_hoi=0.0, cost_obj=0.0, cost_bbox=0.0, cost_giou=0.0)
+    base = dict(name="hungarian_host", backend="scipy", cost_hoi=0.0, cost_obj=0.0, cost_bbox=0.0, cost_giou=0.0)
     return mlc.ConfigDict(dict(base, **weights))
 
 

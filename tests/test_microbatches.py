@@ -41,17 +41,6 @@ def config_layers(setup) -> int:
     return setup[0].model.dec_layers
 
 
-def assert_trees_close(a, b, rtol: float = 1e-5) -> None:
-    """Every leaf of `b` equals `a`'s to `rtol` relative, with an absolute floor of `rtol` x the
-    largest magnitude of all of `a` (leaves whose true value is 0, such as the gradients of
-    attention key biases, which softmax cancels, hold only rounding noise)."""
-    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(a)]
-    scale = max(float(np.abs(x).max()) for x in leaves if x.size)
-    assert scale > 0
-    for x, y in zip(leaves, jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(y, np.float64), x, rtol=rtol, atol=rtol * scale)
-
-
 # 1 and 2 devices, and both normaliser scopes (per_device: per-device counts of the whole batch).
 @pytest.mark.parametrize("num_devices,normalizer", [(1, "global"), (2, "per_device")])
 def test_four_microbatches_equal_one_batch(setup, num_devices, normalizer):
@@ -65,7 +54,7 @@ def test_four_microbatches_equal_one_batch(setup, num_devices, normalizer):
     mu = lambda s: [x.mu for x in jax.tree.leaves(
             s["opt_state"], is_leaf=lambda n: hasattr(n, "mu")) if hasattr(x, "mu")]
     assert mu(whole_state)
-    assert_trees_close(mu(whole_state), mu(split_state))
+    helpers.assert_trees_close(mu(whole_state), mu(split_state))
     # Adam's first step moves a parameter by lr * g / (|g| + eps): for the few gradients within
     # a few eps = 1e-8 of zero, a rounding-level change of g moves the update by up to a
     # few % of lr (one of 2,048 backbone kernel elements here); a real difference is a whole lr.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hoiclip_jax.models.conv import Conv
+from hoiclip_jax.models.remat import NONE, maybe_remat
 
 # torchvision's ResNet init (kaiming_normal_, mode='fan_out', relu); pretrained DETR weights
 # replace it in the reference, the demo trains from it.
@@ -166,6 +167,7 @@ class ResNet(nn.Module):
     """
     spec: BackboneSpec
     dtype: Any = jnp.float32
+    remat: str = NONE  # models/remat.py: a jax.checkpoint policy for every stage, or 'none'
 
     @nn.compact
     def __call__(self, image):
@@ -175,9 +177,10 @@ class ResNet(nn.Module):
                              "is implemented")
         eps, norm = self.spec.frozen_bn_eps, self.spec.norm
         x = Stem(self.spec.width, eps, norm, self.dtype, name="stem")(image)
+        stage = maybe_remat(Stage, self.remat)
         for i, num_blocks in enumerate(self.spec.stage_sizes):
             # torchvision: layer1 keeps the stem's resolution, every later stage halves it.
-            x = Stage(self.spec.width * 2 ** i, num_blocks, 1 if i == 0 else 2, eps, norm,
+            x = stage(self.spec.width * 2 ** i, num_blocks, 1 if i == 0 else 2, eps, norm,
                       self.dtype, name=f"layer{i + 1}")(x)
         return x
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from hoiclip_jax.models.attention import (XAVIER_UNIFORM, MultiheadAttention, layer_norm,
                                          torch_default_bias)
+from hoiclip_jax.models.remat import NONE, maybe_remat
 
 
 def sine_position_embedding(mask: jax.Array, num_pos_feats: int, temperature: float = 10000.0,
@@ -115,12 +116,14 @@ class Encoder(nn.Module):
     dim_feedforward: int
     dropout: float
     dtype: Any = jnp.float32
+    remat: str = NONE  # models/remat.py
 
     @nn.compact
     def __call__(self, src, pos, mask, deterministic=True):
         """src, pos: [B, S, D]; mask: [B, S] bool -> memory [B, S, D]."""
+        layer = maybe_remat(EncoderLayer, self.remat, static_argnums=(4,))
         for i in range(self.num_layers):
-            src = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
+            src = layer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
                                name=f"layer{i}")(src, pos, mask, deterministic)
         return src
 
@@ -132,6 +135,7 @@ class InstanceDecoder(nn.Module):
     dim_feedforward: int
     dropout: float
     dtype: Any = jnp.float32
+    remat: str = NONE  # models/remat.py
 
     @nn.compact
     def __call__(self, tgt, memory, query_pos, pos, mask, deterministic=True):
@@ -145,9 +149,10 @@ class InstanceDecoder(nn.Module):
           [L, B, Q, D], each layer passed through `norm`.
         """
         norm = layer_norm("norm", self.dtype)
+        layer = maybe_remat(DecoderLayer, self.remat, static_argnums=(6,))
         outputs = []
         for i in range(self.num_layers):
-            tgt = DecoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
+            tgt = layer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
                                name=f"layer{i}")(tgt, memory, query_pos, pos, mask, deterministic)
             outputs.append(norm(tgt))
         return jnp.stack(outputs)

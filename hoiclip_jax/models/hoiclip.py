@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hoiclip_jax.models import clip_weights
+from hoiclip_jax.models import clip_weights, remat
 from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, layer_norm,
                                           torch_default_bias)
 from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
@@ -93,6 +93,8 @@ class HOICLIP(nn.Module):
       train_hois: zero-shot (§1.6, §3.4): the HOI columns trained on (the seen classes,
         ascending); empty: all K. Parameters do not depend on it (the classifier always holds
         all K classes); only `hoi_logits` does.
+      remat: a jax.checkpoint policy name for the backbone stages and the transformer layers,
+        or 'none' (models/remat.py; config.model.remat).
       dtype: computation dtype of the backbone, the transformers and the CLIP towers. Params
         are float32 whatever it is (flax `param_dtype`); norm statistics, attention softmax and
         the sine positions are float32 inside those modules; the heads (`HEAD_DTYPE`) and the
@@ -120,15 +122,16 @@ class HOICLIP(nn.Module):
     encoder_input_pos: bool = False
     train_hois: tuple[int, ...] = ()
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     def setup(self):
         d, e, dt = self.hidden_dim, self.clip_spec.embed_dim, self.dtype
         scale_init = nn.initializers.constant(self.logit_scale_init)
-        self.backbone = ResNet(self.backbone_spec, dt)
+        self.backbone = ResNet(self.backbone_spec, dt, self.remat)
         self.input_proj = nn.Conv(d, (1, 1), kernel_init=TORCH_DEFAULT_KERNEL, dtype=dt,
                                   bias_init=torch_default_bias(self.backbone_spec.out_channels))
         detr = dict(num_heads=self.nheads, dim_feedforward=self.dim_feedforward,
-                    dropout=self.dropout, dtype=dt)
+                    dropout=self.dropout, dtype=dt, remat=self.remat)
         self.encoder = Encoder(self.enc_layers, **detr)
         self.instance_decoder = InstanceDecoder(self.dec_layers, **detr)
         # Not loaded from DETR in the reference: PyTorch's nn.Embedding init N(0, 1).
@@ -145,7 +148,7 @@ class HOICLIP(nn.Module):
         self.clip = CLIP(self.clip_spec, self.logit_scale_init, dt)
         self.interaction = InteractionDecoder(
                 self.clip_spec.vision_width, self.inter_dec_layers, self.inter_nheads,
-                self.inter_dim_feedforward, self.dropout, self.q_inter, dt)
+                self.inter_dim_feedforward, self.dropout, self.q_inter, dt, self.remat)
         self.logit_scale = self.param("logit_scale", scale_init, ())
         self.inter2verb = MLP(d, e, 3, HEAD_DTYPE)
         self.hoi_visual_projection = _torch_dense(self.num_hois, e, dtype=HEAD_DTYPE)
@@ -287,6 +290,7 @@ def build_model(model_config, tables) -> HOICLIP:
     if m.dec_layers != m.inter_dec_layers:
         raise ValueError(f"config.model.dec_layers={m.dec_layers} != inter_dec_layers="
                          f"{m.inter_dec_layers}: the aux outputs pair the layers one to one")
+    remat.check_policy(m.remat)
     if m.q_inter not in Q_INTER_MODES:
         raise ValueError(f"config.model.q_inter={m.q_inter!r}: expected one of {Q_INTER_MODES}")
     if len(tables.object_prompts) != tables.num_objects + 1:
@@ -307,7 +311,8 @@ def build_model(model_config, tables) -> HOICLIP:
             num_obj_logits=tables.num_objects + 1, num_verbs=tables.num_verbs,
             verb2hoi_entries=verb2hoi_entries(tables, bool(m.vcoco_verb2hoi_bug)),
             encoder_input_pos=bool(m.encoder_input_pos),
-            train_hois=train_hoi_columns(tables, m.zero_shot), dtype=jnp.dtype(m.dtype))
+            train_hois=train_hoi_columns(tables, m.zero_shot), dtype=jnp.dtype(m.dtype),
+            remat=str(m.remat))
 
 
 def dummy_inputs(dataset_config, batch_size: int = 1):

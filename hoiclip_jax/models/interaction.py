@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from hoiclip_jax.models.attention import (XAVIER_UNIFORM, MultiheadAttention, layer_norm,
                                           torch_default_bias)
 from hoiclip_jax.models.detr import feed_forward
+from hoiclip_jax.models.remat import NONE, maybe_remat
 
 Q_INTER_MODES = ("mean", "mix2x2")
 
@@ -104,6 +105,7 @@ class InteractionDecoder(nn.Module):
     dropout: float
     q_inter: str
     dtype: Any = jnp.float32
+    remat: str = NONE  # models/remat.py
 
     @nn.compact
     def __call__(self, h_last, o_last, memory, clip_tokens, deterministic=True):
@@ -124,9 +126,10 @@ class InteractionDecoder(nn.Module):
         # Q_inter, for analysis (see hoiclip.INTERMEDIATES); "q_inter" is the submodule's name.
         self.sow("intermediates", "queries", tgt)
         norm = layer_norm("norm", self.dtype)
+        layer = maybe_remat(FusionLayer, self.remat, static_argnums=(4,))
         outputs = []
         for i in range(self.num_layers):
-            tgt = FusionLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
+            tgt = layer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
                               name=f"layer{i}")(tgt, clip_tokens, memory_clip, deterministic)
             outputs.append(norm(tgt))
         return jnp.stack(outputs)

@@ -1,0 +1,58 @@
+"""benchmarks/{profile_step,accelerator,memory}.py: the pieces that turn XLA's output into tables."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import accelerator, memory, profile_step
+
+
+@pytest.mark.parametrize("op_name,expected", [
+    ("jit(step)/jvp(HOICLIP)/HOICLIP.detect/backbone/layer2/block0/conv2/conv_general_dilated",
+     ("backbone layer2", "forward")),
+    ("jit(step)/transpose(jvp(HOICLIP))/HOICLIP.detect/encoder/layer0/norm2/mul",
+     ("encoder", "backward")),
+    ("jit(step)/jvp(HOICLIP)/clip.encode_image/vision_model/encoder/layers/0/add",
+     ("CLIP image tower", "forward")),
+    ("jit(step)/transpose(jvp(HOICLIP))/interaction/layer1/norm3/add",
+     ("interaction decoder", "backward")),
+    ("jit(step)/transpose(jvp(HOICLIP))/HOICLIP.hoi_logits/inter2verb/layer0/reduce_sum",
+     ("heads", "backward")),
+    ("jit(step)/jvp()/matcher/pure_callback", ("matcher", "")),
+    ("jit(step)/optimizer/div", ("optimizer", "")),
+    ("jit(step)/jvp()/losses/log", ("losses", "forward")),
+    ("jit(step)/jit(_where)/select_n", ("other", "")),
+])
+def test_operations_are_grouped_by_module_and_direction(op_name, expected):
+    assert profile_step.classify(op_name) == expected
+
+
+def test_op_names_reach_fusions_without_metadata():
+    def f(x, w):
+        with jax.named_scope("optimizer"):
+            return jnp.tanh(x @ w).sum(0)
+    compiled = jax.jit(f).lower(jnp.ones((8, 4)), jnp.ones((4, 4))).compile()
+    names = profile_step._op_names(compiled.as_text())
+    assert names and all(isinstance(v, str) for v in names.values())
+    assert any("optimizer" in v for v in names.values())
+
+
+def test_profile_sums_the_operations_of_a_traced_function():
+    compiled = jax.jit(lambda x: jnp.tanh(x @ x.T).sum()).lower(jnp.ones((256, 256))).compile()
+    totals, by_op, wall_ms = profile_step.profile(compiled, (jnp.ones((256, 256)),), steps=2)
+    assert wall_ms > 0 and by_op and sum(totals.values()) == pytest.approx(sum(by_op.values()))
+    table = profile_step.format_breakdown(totals, wall_ms)
+    assert "sum of operation times" in table and "wall time per step" in table
+
+
+def test_peak_table_lookup():
+    assert accelerator.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert accelerator.peak_tflops("NVIDIA A100-SXM4-40GB", "float32") == 156.0
+    assert accelerator.peak_tflops("cpu", "float32") is None
+    assert accelerator.parse_row("1216x1216:bfloat16:device") == accelerator.Row(
+            (1216, 1216), "bfloat16", "device")
+
+
+def test_memory_rows_parse():
+    assert memory.parse_row("1333x1333:float32:nothing_saveable:4") == (
+            (1333, 1333), "float32", "nothing_saveable", 4)
+    assert len(memory.DEFAULT_ROWS) == len(set(memory.DEFAULT_ROWS))
