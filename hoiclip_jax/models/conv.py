@@ -57,6 +57,17 @@ def _tap_window(u: int, v: int, stride: int, out_hw: tuple[int, int]):
     return (0, u, v, 0), (None, u + s * (ho - 1) + 1, v + s * (wo - 1) + 1, None), (1, s, s, 1)
 
 
+def _filter_grad(x, dy):
+    """sum_{b,h,w} x^T dy: [B, H, W, Cin], [B, H, W, Cout] -> [Cin, Cout], float32.
+
+    The product contracts the spatial positions, so XLA:CPU first copies one operand into a
+    channel-major layout; the smaller one (fewer channels) is cheaper to copy.
+    """
+    if x.shape[-1] > dy.shape[-1]:
+        return jnp.einsum("bhwo,bhwc->oc", dy, x, preferred_element_type=jnp.float32).T
+    return jnp.einsum("bhwc,bhwo->co", x, dy, preferred_element_type=jnp.float32)
+
+
 def _conv2d_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     k = kernel.shape[0]
@@ -74,7 +85,7 @@ def _conv2d_bwd(stride, padding, residuals, dy):
             start, limit, strides = _tap_window(u, v, stride, (ho, wo))
             limit = (b,) + limit[1:3] + (c,)
             tap = lax.slice(xpad, start, limit, strides) if (k, stride) != (1, 1) else xpad
-            row.append(dot("bhwc,bhwo->co", tap, dy))
+            row.append(_filter_grad(tap, dy))
             grad_tap = dot("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
             if (k, stride) != (1, 1):
                 # Scatter onto the tap's strided window of the padded input.
