@@ -23,6 +23,7 @@ Failures raise `CheckpointError` naming the folder:
 """
 import contextlib
 import json
+import logging
 import math
 import os
 from typing import Any, Iterator, Optional
@@ -248,11 +249,31 @@ def write_config(workdir: str, config) -> None:
         f.write(config.to_json_best_effort(indent=2))
 
 
+# Config fields added after runs were already written, with the value that gives the behaviour
+# those runs had; `read_config` fills them into an older config.json and logs that it did.
+ADDED_FIELDS = {
+        "model.remat": "none",
+        "train.microbatches": 1,
+        "matcher.backend": "scipy",
+}
+
+
 def read_config(workdir: str):
-    """The ConfigDict written by `write_config`."""
+    """The ConfigDict written by `write_config` (fields of `ADDED_FIELDS` that an older run's
+    file lacks are filled in, with a log line naming them)."""
     import ml_collections
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a hoiclip-jax workdir?")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.load(f))
+    filled = []
+    for dotted, value in ADDED_FIELDS.items():
+        section, field = dotted.split(".")
+        if section in config and field not in config[section]:
+            config[section][field] = value
+            filled.append(f"{dotted}={value!r}")
+    if filled:
+        logging.info("%s predates %s: set to the behaviour it was written with", path,
+                     ", ".join(filled))
+    return config

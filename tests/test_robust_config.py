@@ -108,3 +108,21 @@ def test_override_type_errors(default, value, problem):
 
 def test_section_overrides_are_accepted():
     assert cli.override_type_error(mlc.ConfigDict({"default": 1.0}), {"default": 2.0}) is None
+
+
+def test_config_of_an_older_run_gets_the_added_fields(tmp_path):
+    """A config.json written before `model.remat`, `train.microbatches` and `matcher.backend`
+    existed reads back with the values that reproduce that run (and a log line)."""
+    import json
+
+    from configs import demo
+    from hoiclip_jax import checkpoints
+    config = demo.get_config()
+    old = json.loads(config.to_json_best_effort())
+    del old["model"]["remat"], old["train"]["microbatches"], old["matcher"]["backend"]
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(old))
+    read = checkpoints.read_config(str(tmp_path))
+    assert (read.model.remat, read.train.microbatches, read.matcher.backend) == (
+            "none", 1, "scipy")
+    assert set(checkpoints.ADDED_FIELDS) == {"model.remat", "train.microbatches",
+                                             "matcher.backend"}
