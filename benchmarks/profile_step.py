@@ -98,7 +98,10 @@ def classify(op_name: str) -> tuple[str, str]:
     for scope in _SCOPES:
         if f"/{scope}/" in op_name or op_name.endswith(f"/{scope}"):
             return scope, direction if scope == "losses" else ""
-    path = re.sub(r"^.*?\(HOICLIP\)\)?/", "", op_name) if "HOICLIP)" in op_name else ""
+    # The model's scope: `jvp(HOICLIP)/` or `transpose(jvp(HOICLIP))/` in the train step,
+    # `HOICLIP/` in the evaluation forward.
+    found = re.search(r"HOICLIP\)*/", op_name)
+    path = op_name[found.end():] if found else ""
     path = path.removeprefix("HOICLIP.detect/")
     first = path.split("/")[0]
     group = _MODULE_GROUPS.get(first)

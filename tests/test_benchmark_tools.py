@@ -21,6 +21,7 @@ from benchmarks import accelerator, memory, profile_step
     ("jit(step)/optimizer/div", ("optimizer", "")),
     ("jit(step)/jvp()/losses/log", ("losses", "forward")),
     ("jit(step)/jit(_where)/select_n", ("other", "")),
+    ("jit(predict)/HOICLIP/HOICLIP.detect/encoder/layer0/add", ("encoder", "")),
 ])
 def test_operations_are_grouped_by_module_and_direction(op_name, expected):
     assert profile_step.classify(op_name) == expected

@@ -58,14 +58,14 @@ def _tap_window(u: int, v: int, stride: int, out_hw: tuple[int, int]):
 
 
 def _filter_grad(x, dy):
-    """sum_{b,h,w} x^T dy: [B, H, W, Cin], [B, H, W, Cout] -> [Cin, Cout], float32.
+    """sum_{b,h,w} x^T dy: [B, H, W, Cin], [B, H, W, Cout] -> [Cin, Cout].
 
     The product contracts the spatial positions, so XLA:CPU first copies one operand into a
     channel-major layout; the smaller one (fewer channels) is cheaper to copy.
     """
     if x.shape[-1] > dy.shape[-1]:
-        return jnp.einsum("bhwo,bhwc->oc", dy, x, preferred_element_type=jnp.float32).T
-    return jnp.einsum("bhwc,bhwo->co", x, dy, preferred_element_type=jnp.float32)
+        return jnp.einsum("bhwo,bhwc->oc", dy, x).T
+    return jnp.einsum("bhwc,bhwo->co", x, dy)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
@@ -76,8 +76,8 @@ def _conv2d_bwd(stride, padding, residuals, dy):
     p = padding
     xpad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
     hp, wp = h + 2 * p, w + 2 * p
-    # Products accumulate in float32 and are cast back (bfloat16 runs keep float32 sums).
-    dot = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
+    # Products in the activations' dtype, as JAX's own transpose rule computes them (XLA:CPU has
+    # no bfloat16 x bfloat16 -> float32 product; GPUs accumulate bfloat16 products in float32).
     d_kernel, d_xpad = [], None
     for u in range(k):
         row = []
@@ -86,7 +86,7 @@ def _conv2d_bwd(stride, padding, residuals, dy):
             limit = (b,) + limit[1:3] + (c,)
             tap = lax.slice(xpad, start, limit, strides) if (k, stride) != (1, 1) else xpad
             row.append(_filter_grad(tap, dy))
-            grad_tap = dot("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
+            grad_tap = jnp.einsum("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
             if (k, stride) != (1, 1):
                 # Scatter onto the tap's strided window of the padded input.
                 grad_tap = lax.pad(grad_tap, jnp.zeros((), x.dtype),
