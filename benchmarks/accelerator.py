@@ -110,12 +110,7 @@ HEADER = ("| image | dtype | matcher | batch | compile s | step ms | img/s | pea
 def main(argv) -> None:
     from absl import flags
     f = flags.FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    cli.setup_logging()
-    config = f.config
-    for note in bench.clear_weight_files(config):
-        print(f"note: {note}", flush=True)
+    config = bench.config_from_flags(argv)
     kind = jax.devices()[0].device_kind
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} x {kind}",
           flush=True)

@@ -22,10 +22,9 @@ microbatches (which also counts the small optimizer update that many times).
 import dataclasses
 
 import jax
-import numpy as np
 
 from benchmarks import train_step as bench
-from hoiclip_jax import cli, matching, sharding, state_io, train_step
+from hoiclip_jax import checkpoints, cli, matching, sharding, state_io, train_step
 
 DEFAULT_ROWS = tuple(
         [f"1333x1333:{dtype}:{remat}:{micro}" for dtype in ("float32", "bfloat16")
@@ -76,18 +75,15 @@ def step_cost(config, row: str, per_device: int) -> StepCost:
     mesh = sharding.make_mesh()
     batch_size = per_device * mesh.size
     model, tx, _, state = state_io.build_abstract_state(config, tables, steps_per_epoch=1000)
-    repl = sharding.replicated(mesh)
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+    state = checkpoints.abstract_like(state, sharding.replicated(mesh))
     step_fn = train_step.make_train_step(model, tx, matching.build_matcher(config.matcher, mesh),
                                          config.loss, mesh, micro)
     compiled = step_fn.lower(state, _abstract_batch(config, tables, batch_size, mesh)).compile()
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return StepCost(image, dtype, remat, micro, batch_size,
                     int(memory.argument_size_in_bytes), int(memory.temp_size_in_bytes),
                     int(memory.output_size_in_bytes - memory.alias_size_in_bytes),
-                    float(cost.get("flops", np.nan)) * micro)
+                    bench.compiled_flops(compiled) * micro)
 
 
 def format_rows(costs: list[StepCost]) -> str:
@@ -107,12 +103,7 @@ def format_rows(costs: list[StepCost]) -> str:
 def main(argv) -> None:
     from absl import flags
     f = flags.FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    cli.setup_logging()
-    config = f.config
-    for note in bench.clear_weight_files(config):
-        print(f"note: {note}", flush=True)
+    config = bench.config_from_flags(argv)
     rows = f.rows or DEFAULT_ROWS
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{jax.device_count()} device(s), {f['per-device'].value} images per device",

@@ -25,10 +25,8 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from benchmarks import train_step as bench
-from hoiclip_jax import cli, matching, sharding, train_step
 
 _BACKWARD = "transpose(jvp("
 _FORWARD = "jvp("
@@ -171,14 +169,7 @@ def format_breakdown(totals: dict, wall_ms: float) -> str:
 def main(argv) -> None:
     from absl import flags
     f = flags.FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    cli.setup_logging()
-    config = f.config
-    for note in bench.clear_weight_files(config):
-        print(f"note: {note}", flush=True)
-    if f["image-size"].value:
-        bench.set_image_size(config, bench._parse_size(f["image-size"].value))
+    config = bench.config_from_flags(argv)
     batch_size = f.batch or config.train.batch_size
     prepared = bench.prepare(config, batch_size)
     if f.inference:
@@ -203,11 +194,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    cli.define_config_flag()
-    flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
-    flags.DEFINE_string("image-size", "", "H,W of the batch images (default: the config's "
-                        "canvas).")
-    flags.DEFINE_integer("steps", 2, "Traced steps.")
+    bench.define_step_flags(2, "Traced steps.")
     flags.DEFINE_bool("inference", False, "Profile the evaluation forward instead.")
     flags.DEFINE_integer("top", 0, "Also list the N longest operations.")
     app.run(main)

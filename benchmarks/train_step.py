@@ -260,8 +260,7 @@ def compile_inference(prepared: PreparedStep, tfe_k: Sequence[int] = ()):
     params = optim.merge_params(state["trainable"], state["frozen"])
     predict = evaluation.make_predict_fn(prepared.model, prepared.tables,
                                          prepared.config.eval.max_hois, prepared.mesh, tfe_k)
-    batch = dict(prepared.batch)
-    args = (params, batch)
+    args = (params, prepared.batch)
     return predict.lower(*args).compile(), args
 
 
@@ -286,15 +285,21 @@ def measure(config, batch_size: int, steps: int, warmup: int = 1,
                                                                     steps)
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"the benchmarked step gave a non-finite loss {metrics['loss']}")
+    return _result(p, batch_size, p.compile_s, step_times, matcher_times, calls, p.flops_per_step)
+
+
+def _result(p: PreparedStep, batch_size: int, compile_s: float, step_times, matcher_times,
+            calls: int, flops: float) -> StepBenchmark:
+    """A StepBenchmark of the prepared config's measured calls (memory read now)."""
     memory, source = peak_memory(p.mesh.devices.flat)
     return StepBenchmark(
             backend=jax.default_backend(), device_kind=p.mesh.devices.flat[0].device_kind,
-            num_devices=p.mesh.size, dtype=str(config.model.dtype), batch_size=batch_size,
-            image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=p.compile_s,
+            num_devices=p.mesh.size, dtype=str(p.config.model.dtype), batch_size=batch_size,
+            image_size=tuple(p.config.dataset.canvas), init_s=p.init_s, compile_s=compile_s,
             step_times_s=tuple(step_times), matcher_times_s=tuple(matcher_times),
             callbacks_per_step=float(calls), peak_memory_bytes=memory, memory_source=source,
             trainable_params=p.trainable_params, total_params=p.total_params,
-            flops_per_step=p.flops_per_step)
+            flops_per_step=flops)
 
 
 def measure_inference(config, batch_size: int, steps: int, warmup: int = 1,
@@ -315,15 +320,7 @@ def measure_inference(config, batch_size: int, steps: int, warmup: int = 1,
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
-    memory, source = peak_memory(p.mesh.devices.flat)
-    return StepBenchmark(
-            backend=jax.default_backend(), device_kind=p.mesh.devices.flat[0].device_kind,
-            num_devices=p.mesh.size, dtype=str(config.model.dtype), batch_size=batch_size,
-            image_size=tuple(config.dataset.canvas), init_s=p.init_s, compile_s=compile_s,
-            step_times_s=tuple(times), matcher_times_s=(0.0,) * steps, callbacks_per_step=0.0,
-            peak_memory_bytes=memory, memory_source=source,
-            trainable_params=p.trainable_params, total_params=p.total_params,
-            flops_per_step=compiled_flops(compiled))
+    return _result(p, batch_size, compile_s, times, (0.0,) * steps, 0, compiled_flops(compiled))
 
 
 COLUMNS = ("config", "backend (device)", "devices", "dtype", "batch", "image", "compile s",
@@ -366,7 +363,10 @@ def _parse_size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def main(argv) -> None:
+def config_from_flags(argv):
+    """The start of every benchmark command line: no stray arguments, logging, then `--config`
+    with its weight files cleared and, where the script defines `--image-size`, that size set;
+    prints one `note:` line per change. Returns the config."""
     from absl import flags
     f = flags.FLAGS
     if len(argv) > 1:
@@ -374,12 +374,29 @@ def main(argv) -> None:
     cli.setup_logging()
     config = f.config
     notes = clear_weight_files(config)
-    image_size = f["image-size"].value
+    image_size = f["image-size"].value if "image-size" in f else ""
     if image_size:
         set_image_size(config, _parse_size(image_size))
         notes.append(f"image size {image_size} (config.dataset.canvas and max_side)")
     for note in notes:
         print(f"note: {note}", flush=True)
+    return config
+
+
+def define_step_flags(steps: int, steps_help: str) -> None:
+    """`--config`, `--batch`, `--image-size` and `--steps` (default `steps`)."""
+    from absl import flags
+    cli.define_config_flag()
+    flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
+    flags.DEFINE_string("image-size", "", "H,W of the batch images (default: the config's "
+                        "canvas).")
+    flags.DEFINE_integer("steps", steps, steps_help)
+
+
+def main(argv) -> None:
+    from absl import flags
+    f = flags.FLAGS
+    config = config_from_flags(argv)
     batch = f.batch or config.train.batch_size
     if f.inference:
         result = measure_inference(config, batch, f.steps, f.warmup)
@@ -394,11 +411,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from absl import app, flags
 
-    cli.define_config_flag()
-    flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
-    flags.DEFINE_string("image-size", "", "H,W of the batch images (default: the config's "
-                        "canvas).")
-    flags.DEFINE_integer("steps", 10, "Measured steps.")
+    define_step_flags(10, "Measured steps.")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
     flags.DEFINE_bool("inference", False, "Time the evaluator's forward + top-k (train=False) "
                       "instead of the training step.")

@@ -125,6 +125,11 @@ def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray, normaliser, groups: int
     return (_group_sum(jnp.where(mask, values, 0.0), groups) / normaliser).mean(-1)
 
 
+def _pair_count(pair_mask: jnp.ndarray, groups: int) -> jnp.ndarray:
+    """Subject-box normaliser: the batch's real GT pairs / groups, at least 1."""
+    return jnp.maximum(pair_mask.sum().astype(jnp.float32) / groups, 1.0)
+
+
 def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
                matched: jnp.ndarray, groups: int = 1, normalizers=None) -> dict:
     """L1 and GIoU losses of the matched pairs (§2.2), each [L].
@@ -141,7 +146,7 @@ def box_losses(pred_sub: jnp.ndarray, pred_obj: jnp.ndarray, batch: dict,
     reference's all-reduced count / world size), clamped >= 1; object terms only count pairs
     whose object exists and each group divides by its own number of them + 1e-4.
     """
-    num_pairs = jnp.maximum(batch["pair_mask"].sum().astype(jnp.float32) / groups, 1.0)
+    num_pairs = _pair_count(batch["pair_mask"], groups)
     obj_matched = matched & batch["obj_exists"][None]
     num_obj = _group_sum(obj_matched.astype(jnp.float32), groups) + 1e-4
     if normalizers is not None:
@@ -221,13 +226,12 @@ def label_normalizers(batch: dict, loss_config, num_devices: int, num_queries: i
     hoi = jnp.asarray(batch["hoi_labels"], jnp.float32)
     per_group = lambda x: _group_sum(x, groups)[0]
     pairs_per_image = real.sum(-1)                                   # [1, B]
-    images = jnp.ones_like(pairs_per_image)
     return {
             "num_pos": per_group((hoi == 1).sum(-1) * real),
-            "weight_sum": per_group(loss_config.eos_coef * (num_queries * images
-                                                            - pairs_per_image)
+            # Matched queries weigh 1, the other num_queries - pairs weigh eos_coef.
+            "weight_sum": per_group(loss_config.eos_coef * (num_queries - pairs_per_image)
                                     + pairs_per_image),
-            "num_pairs": jnp.maximum(pair_mask.sum().astype(jnp.float32) / groups, 1.0),
+            "num_pairs": _pair_count(pair_mask, groups),
             "num_obj": per_group(real * jnp.asarray(batch["obj_exists"], jnp.float32)[None])
                        + 1e-4,
     }

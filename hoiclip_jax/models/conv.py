@@ -51,12 +51,6 @@ def _conv2d_fwd(x, kernel, stride, padding):
     return _forward(x, kernel, stride, padding), (x, kernel)
 
 
-def _tap_window(u: int, v: int, stride: int, out_hw: tuple[int, int]):
-    """Start, limit and strides of the padded-input slice that kernel tap (u, v) reads."""
-    (ho, wo), s = out_hw, stride
-    return (0, u, v, 0), (None, u + s * (ho - 1) + 1, v + s * (wo - 1) + 1, None), (1, s, s, 1)
-
-
 def _filter_grad(x, dy):
     """sum_{b,h,w} x^T dy: [B, H, W, Cin], [B, H, W, Cout] -> [Cin, Cout].
 
@@ -82,9 +76,10 @@ def _conv2d_bwd(stride, padding, residuals, dy):
     for u in range(k):
         row = []
         for v in range(k):
-            start, limit, strides = _tap_window(u, v, stride, (ho, wo))
-            limit = (b,) + limit[1:3] + (c,)
-            tap = lax.slice(xpad, start, limit, strides) if (k, stride) != (1, 1) else xpad
+            # The padded-input window that kernel tap (u, v) reads: rows u, u + s, ... (ho rows).
+            limit = (b, u + stride * (ho - 1) + 1, v + stride * (wo - 1) + 1, c)
+            tap = (lax.slice(xpad, (0, u, v, 0), limit, (1, stride, stride, 1))
+                   if (k, stride) != (1, 1) else xpad)
             row.append(_filter_grad(tap, dy))
             grad_tap = jnp.einsum("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
             if (k, stride) != (1, 1):

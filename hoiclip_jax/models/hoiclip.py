@@ -315,9 +315,10 @@ def build_model(model_config, tables) -> HOICLIP:
             remat=str(m.remat))
 
 
-def dummy_inputs(dataset_config, batch_size: int = 1):
-    """Zero (image, pixel_mask, clip_image) of the config's static shapes."""
-    h, w = dataset_config.canvas
+def dummy_inputs(dataset_config, batch_size: int = 1, canvas=None):
+    """Zero (image, pixel_mask, clip_image) of the config's static shapes (DETR canvas
+    `canvas` instead of config's when given)."""
+    h, w = canvas or dataset_config.canvas
     c = dataset_config.clip_image_size
     return (jnp.zeros((batch_size, h, w, 3), jnp.float32), jnp.ones((batch_size, h, w), bool),
             jnp.zeros((batch_size, c, c, 3), jnp.float32))
@@ -332,11 +333,8 @@ _INIT_CANVAS = (64, 64)
 
 
 def _init_variables(model: HOICLIP, rng, dataset_config) -> dict:
-    h, w = (min(s, c) for s, c in zip(dataset_config.canvas, _INIT_CANVAS))
-    c = dataset_config.clip_image_size
-    inputs = (jnp.zeros((1, h, w, 3), jnp.float32), jnp.ones((1, h, w), bool),
-              jnp.zeros((1, c, c, 3), jnp.float32))
-    return model.init(rng, *inputs, train=False)["params"]
+    canvas = tuple(min(s, c) for s, c in zip(dataset_config.canvas, _INIT_CANVAS))
+    return model.init(rng, *dummy_inputs(dataset_config, canvas=canvas), train=False)["params"]
 
 
 def random_params(model: HOICLIP, rng, dataset_config) -> dict:
