@@ -150,7 +150,9 @@ class HOICLIP(nn.Module):
                 self.clip_spec.vision_width, self.inter_dec_layers, self.inter_nheads,
                 self.inter_dim_feedforward, self.dropout, self.q_inter, dt, self.remat)
         self.logit_scale = self.param("logit_scale", scale_init, ())
-        self.inter2verb = MLP(d, e, 3, HEAD_DTYPE)
+        # The reference's hidden width is clip_embed_dim // 2 (512 -> 256 -> 256 -> 512, §1.6);
+        # it equals DETR's hidden_dim only at the published sizes.
+        self.inter2verb = MLP(e // 2, e, 3, HEAD_DTYPE)
         self.hoi_visual_projection = _torch_dense(self.num_hois, e, dtype=HEAD_DTYPE)
         self.verb_projection = _torch_dense(self.num_verbs, e, use_bias=False, dtype=HEAD_DTYPE)
 
