@@ -20,7 +20,7 @@ import sys
 import jax
 
 from benchmarks import train_step as bench
-from hoiclip_jax import cli
+from hoiclip_jax.lib import cli
 
 # Dense peak TFLOP/s (no sparsity) from the vendors' datasheets: (bfloat16, float32 as run by
 # JAX's default precision: TF32 tensor cores where the GPU has them, else plain FP32).

@@ -15,9 +15,9 @@ logit raised), the rest are random; the background logits are N(-7, 1.5) (HOI) a
 Then, timed (the drawing of the data is not):
   * top-k: `postprocess.hico_topk` / `vcoco_topk` jitted, batches of 16 images as the evaluation
     loop runs them, results fetched to the host (compilation timed apart, on a first batch);
-  * evaluation: `metrics.hico.predictions_from_topk` (with or without triplet NMS) then
-    `metrics.hico.evaluate`; for V-COCO `metrics.vcoco.predictions_from_topk` then `evaluate`;
-  * the fixture CLIs (`python -m hoiclip_jax.metrics.{hico,vcoco} --fixture FILE`, a whole
+  * evaluation: `protocols.hico.predictions_from_topk` (with or without triplet NMS) then
+    `protocols.hico.evaluate`; for V-COCO `protocols.vcoco.predictions_from_topk` then `evaluate`;
+  * the fixture CLIs (`python -m hoiclip_jax.eval.protocols.{hico,vcoco} --fixture FILE`, a whole
     process: start-up, imports, JSON parsing, evaluation) on the same predictions written to a
     temporary file in the fixture schema.
 It prints a Markdown table of seconds beside the reference's times from the fixture READMEs
@@ -40,11 +40,9 @@ import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from data_pipeline import class_tables  # noqa: E402  (the repository root is on the path now)
-from hoiclip_jax import postprocess  # noqa: E402
-from hoiclip_jax.metrics import hico, vcoco  # noqa: E402
+from data_pipeline import class_tables
+from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval.protocols import hico, vcoco
 
 TABLES_DIR = os.path.join(REPO, "data_pipeline", "tables")
 
@@ -291,13 +289,13 @@ def write_vcoco_fixture(path: str, topk: dict, gts: list[dict], tables, thesis) 
 
 
 def cli_row(label: str, module: str, path: str, what: str) -> tuple:
-    """Times `python -m hoiclip_jax.metrics.<module> --fixture path` as a whole process."""
+    """Times `python -m hoiclip_jax.eval.protocols.<module> --fixture path` as a whole process."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"hoiclip_jax.metrics.{module}", "--fixture", path],
+    subprocess.run([sys.executable, "-m", f"hoiclip_jax.eval.protocols.{module}", "--fixture", path],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     size_mb = os.path.getsize(path) / 2**20
-    return (label, f"fixture CLI `-m hoiclip_jax.metrics.{module}`", seconds, "",
+    return (label, f"fixture CLI `-m hoiclip_jax.eval.protocols.{module}`", seconds, "",
             f"{what}; {size_mb:.0f} MB JSON")
 
 

@@ -6,7 +6,7 @@ r"""Images/s of the training input pipeline on HICO-sized JPEGs, per worker coun
 
 Writes (once; kept and reused when `--images` names a folder that has them) `--num-images`
 640x480 JPEGs with random boxes and a HICO-schema `trainval_hico.json` over the packaged HICO
-class tables, then runs `data_pipeline.loader.train_batches` with `configs/common.py`'s HICO
+class tables, then runs `data_pipeline.loader.train_batches` with `hoiclip_jax/lib/config_base.py`'s HICO
 dataset config (the 'reference' augmentation, 1333 canvas and its buckets) for `--steps`
 batches per setting. It prints one row per (workers, threads): images/s over the batches after
 `--warmup` (batch size / the slope of a least-squares line through their arrival times), images/s
@@ -20,17 +20,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import common  # noqa: E402  (the repository root is on the path only now)
-from data_pipeline import class_tables, hico_reader, loader  # noqa: E402
+from data_pipeline import class_tables, hico_reader, loader
+from hoiclip_jax.lib import config_base as common
 
 IMAGE_SIZE = (640, 480)  # (w, h): the most common HICO-Det size
 ANNOTATIONS = "trainval_hico.json"

@@ -24,7 +24,8 @@ import dataclasses
 import jax
 
 from benchmarks import train_step as bench
-from hoiclip_jax import checkpoints, cli, matching, sharding, state_io, train_step
+from hoiclip_jax.lib import checkpoints, cli, sharding
+from hoiclip_jax.train import matching, state as state_io, step as train_step
 
 DEFAULT_ROWS = tuple(
         [f"1333x1333:{dtype}:{remat}:{micro}" for dtype in ("float32", "bfloat16")

@@ -10,7 +10,7 @@ executed XLA operation (one profiler event per thunk on XLA:CPU, per kernel on G
 the Flax module and direction in the operation's `op_name` metadata:
 `jit(step)/jvp(HOICLIP)/HOICLIP.detect/backbone/layer2/...` is the backbone's layer2 forward,
 `transpose(jvp(...))` its backward. The matcher, losses and optimizer carry the named scopes of
-`hoiclip_jax/train_step.py`. With `--inference` the evaluator's forward (`train=False`) is
+`hoiclip_jax/train/step.py`. With `--inference` the evaluator's forward (`train=False`) is
 profiled instead.
 
 The summed operation time is busy time, not wall time: on a multi-core CPU operations of

@@ -24,7 +24,8 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from hoiclip_jax import cli, matching, sharding, state_io, train_step
+from hoiclip_jax.lib import cli, sharding
+from hoiclip_jax.train import matching, state as state_io, step as train_step
 
 _WEIGHT_FIELDS = ("clip.weights", "pretrained", "text_embeddings", "verb_features")
 
@@ -228,7 +229,7 @@ def prepare(config, batch_size: int, devices: Optional[Sequence] = None,
       compiler_options: XLA options for compiling the step (tests: a faster CPU compile).
       compile_step: False leaves `compiled` None (an inference benchmark needs no train step).
     """
-    from data_pipeline import class_tables  # late: the repository root must be on sys.path
+    from data_pipeline import class_tables
 
     mesh = sharding.make_mesh(devices)
     sharding.check_batch_size(batch_size, mesh)
@@ -255,7 +256,8 @@ def prepare(config, batch_size: int, devices: Optional[Sequence] = None,
 def compile_inference(prepared: PreparedStep, tfe_k: Sequence[int] = ()):
     """(compiled, args): the evaluator's forward + top-k (`evaluation.make_predict_fn`) on the
     prepared batch, with the prepared state's parameters."""
-    from hoiclip_jax import evaluation, optim
+    from hoiclip_jax.eval import evaluator as evaluation
+    from hoiclip_jax.train import optim
     state = prepared.state
     params = optim.merge_params(state["trainable"], state["frozen"])
     predict = evaluation.make_predict_fn(prepared.model, prepared.tables,

@@ -7,7 +7,7 @@
 The architecture is the full HOICLIP one (reference §1); only the sizes shrink. The backbone is
 trained from scratch (no pretrained DETR), so it is not frozen here, unlike the reference.
 """
-from configs import common
+from hoiclip_jax.lib import config_base as common
 
 
 def get_config():

@@ -15,7 +15,7 @@ Options (`--config configs/hico.py:key=value,...`, common.VARIANTS): `q_inter=me
 the first command with that `--method`; 'text', the default, needs no file). The published
 model is `verb_features=original` (the released tmp/verb.pth).
 """
-from configs import common
+from hoiclip_jax.lib import config_base as common
 
 
 def get_config(arg=None):

@@ -11,10 +11,10 @@ Full / Rare / Non-rare without -> with TFE k=10:
     :q_inter=mix2x2      (var. 2)  20.38 / 19.31 / 22.93 -> 21.21 / 20.31 / 23.34
 (the report's baseline and variant 2 use the released E_v, i.e. `verb_features=original`).
 
-Options: common.VARIANTS (`q_inter`, `verb_features`), as configs/hico_frac.py.
+Options: common.VARIANTS (`q_inter`, `verb_features`), as configs/hico_frac.py (both build `config_base.fractional_config`).
 """
-from configs import common, hico_frac
+from hoiclip_jax.lib import config_base as common
 
 
 def get_config(arg=None):
-    return hico_frac.build("5", common.parse_arg(arg, "configs/hico5p.py", common.VARIANTS))
+    return common.fractional_config("5", common.parse_arg(arg, "configs/hico5p.py", common.VARIANTS))

@@ -18,20 +18,10 @@ is read from params/verb_features/hico_<method>.npy, the full training set's (th
 used its full-set tmp/verb.pth for every fraction); for an E_v of the subset only, run the
 verb_features tool with this config and `--config.model.verb_features=<its .npy>`.
 """
-from configs import common
-
-FRACTIONS = ("5", "15", "25", "50")  # percent; data_pipeline.splits.FRACTIONS
-
-
-def build(frac: str, args: dict):
-    """The config of the `frac` percent subset with the variant options `args`."""
-    config = common.hoiclip_config("hico")
-    config.dataset.train_file = f"trainval_hico_{frac}%.json"
-    common.apply_variants(config, args, "hico")
-    return config
+from hoiclip_jax.lib import config_base as common
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg, "configs/hico_frac.py",
-                            {"frac": FRACTIONS, **common.VARIANTS}, required=("frac",))
-    return build(args.pop("frac"), args)
+                            {"frac": common.FRACTIONS, **common.VARIANTS}, required=("frac",))
+    return common.fractional_config(args.pop("frac"), args)

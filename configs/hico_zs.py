@@ -28,7 +28,7 @@ configs/hico.py's E_v, params/verb_features/hico_original.npy) and pass that fil
 Options: `setting=rare_first|non_rare_first|unseen_object|unseen_verb` (required) and
 common.VARIANTS (`q_inter`, `verb_features`: params/verb_features/hico_<setting>_<method>.npy).
 """
-from configs import common
+from hoiclip_jax.lib import config_base as common
 
 SETTINGS = ("rare_first", "non_rare_first", "unseen_object", "unseen_verb")
 

@@ -16,7 +16,7 @@ is the V-COCO one of the tool above. The released V-COCO E_v is not L2-normalise
 
 Options: common.VARIANTS (`q_inter`, `verb_features`: params/verb_features/vcoco_<method>.npy).
 """
-from configs import common
+from hoiclip_jax.lib import config_base as common
 
 
 def get_config(arg=None):

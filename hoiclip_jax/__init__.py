@@ -1,7 +1,7 @@
 """hoiclip-jax: HOICLIP in JAX/Flax.
 
 `hoiclip_jax.load_checkpoint(path) -> (config, params)` and `hoiclip_jax.analysis.Predictor`
-are the analysis API (see hoiclip_jax/analysis.py). They are imported on first use, so that
+are the analysis API (see hoiclip_jax/eval/analysis.py). They are imported on first use, so that
 `import hoiclip_jax` stays light (no jax, flax or orbax import).
 """
 import importlib

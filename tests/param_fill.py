@@ -6,7 +6,7 @@ import flax.traverse_util as traverse_util
 import jax.numpy as jnp
 import numpy as np
 
-from hoiclip_jax import optim, train_step
+from hoiclip_jax.train import optim, step as train_step
 from hoiclip_jax.models import hoiclip
 
 LN_INV_TEMPERATURE = float(np.log(1 / 0.07))

@@ -34,7 +34,7 @@ def make_config(root: str):
 
 def main(root: str, workdir: str) -> None:
     import logging
-    from hoiclip_jax import train  # after the environment is set for jax
+    from hoiclip_jax.train import main as train  # after the environment is set for jax
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         force=True)  # timestamps in the run's log, for a failing test
     logging.getLogger("absl").setLevel(logging.WARNING)

@@ -4,7 +4,7 @@ import numpy as np
 
 from benchmarks import train_step as bench
 from data_pipeline import class_tables
-from hoiclip_jax import matching
+from hoiclip_jax.train import matching
 from tests import helpers, param_fill
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax import box_ops
+from hoiclip_jax.lib import box_ops
 
 
 def _py_iou_giou(a, b):

@@ -5,7 +5,8 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from data_pipeline import class_tables, synthetic, synthetic_scene
+from data_pipeline import class_tables
+from data_pipeline.synthetic import generate as synthetic, scene as synthetic_scene
 
 
 def dataset_config(name: str, class_table: str = "") -> mlc.ConfigDict:

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from configs import common
+from hoiclip_jax.lib import config_base as common
 from data_pipeline import class_tables
-from hoiclip_jax.models import clip_weights, hoiclip
+from hoiclip_jax.weights import clip as clip_weights
+from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.clip import ClipSpec, abstract_params, load_pretrained
-from hoiclip_jax.models.tokenizer import ClipBpeTokenizer, build_tokenizer
+from hoiclip_jax.weights.tokenizer import ClipBpeTokenizer, build_tokenizer
 from hoiclip_jax.tools import text_embeddings as text_tool
 from tests import helpers
 
@@ -64,7 +65,7 @@ def test_spec_from_config_json(spec, tmp_path):
              "vision_config": {}}))
     legacy = clip_weights.read_spec(str(tmp_path))
     assert (legacy.text_width, legacy.vision_width, legacy.embed_dim) == (128, 768, 512)
-    # An empty config.json is transformers' default CLIP, ViT-B/32: the sizes of configs/common.py.
+    # An empty config.json is transformers' default CLIP, ViT-B/32: the sizes of hoiclip_jax/lib/config_base.py.
     (tmp_path / "config.json").write_text("{}")
     default = common.model_config("hico").clip
     assert clip_weights.read_spec(str(tmp_path)) == ClipSpec(

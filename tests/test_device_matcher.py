@@ -7,8 +7,9 @@ import optax
 import pytest
 
 from data_pipeline import class_tables
-from hoiclip_jax import matching, sharding
-from hoiclip_jax import train_step as train_step_lib
+from hoiclip_jax.train import matching
+from hoiclip_jax.lib import sharding
+from hoiclip_jax.train import step as train_step_lib
 from tests import helpers
 from tests.test_train_step import LinearStandIn
 

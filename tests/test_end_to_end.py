@@ -9,8 +9,10 @@ import pytest
 
 import hoiclip_jax
 
-from data_pipeline import synthetic
-from hoiclip_jax import analysis, checkpoints, evaluate, protocols, train
+from data_pipeline.synthetic import generate as synthetic
+from hoiclip_jax.eval import analysis, main as evaluate, registry as protocols
+from hoiclip_jax.lib import checkpoints
+from hoiclip_jax.train import main as train
 from tests import helpers
 
 NUM_TRAIN, NUM_TEST, BATCH = 24, 6, 4

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipeline import class_tables, fake_layout, hoi_tfds, sources, splits
-from hoiclip_jax import (evaluation, matching, optim, sharding, state_io, train as train_lib,
-                         train_step)
+from data_pipeline import class_tables, hoi_tfds, sources, splits
+from tests import fake_layout
+from hoiclip_jax.eval import evaluator as evaluation
+from hoiclip_jax.train import matching, optim, state as state_io, main as train_lib, step as train_step
+from hoiclip_jax.lib import sharding
 from hoiclip_jax.models import hoiclip
 from hoiclip_jax.tools.param_count import load_config
 from tests import helpers

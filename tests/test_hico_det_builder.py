@@ -26,7 +26,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import common
+from hoiclip_jax.lib import config_base as common
 from data_pipeline import class_tables, hico_det, hoi_tfds, sources, splits
 from data_pipeline.hico_reader import AnnotationError
 from tests import helpers

@@ -1,4 +1,4 @@
-"""Tests of hoiclip_jax/metrics/hico.py against the reference fixtures and the protocol's quirks."""
+"""Tests of hoiclip_jax/eval/protocols/hico.py against the reference fixtures and the protocol's quirks."""
 import json
 import pathlib
 import subprocess
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax import postprocess
-from hoiclip_jax.metrics import hico
+from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval.protocols import hico
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
 REPO = pathlib.Path(__file__).parent.parent
@@ -199,7 +199,7 @@ def test_predictions_from_topk_applies_nms():
 
 def test_cli_prints_expected_json_for_h2():
     path = FIXTURES / "h2_easy.json"
-    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.metrics.hico", "--fixture",
+    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.hico", "--fixture",
                           str(path)], capture_output=True, text=True, check=True, cwd=REPO)
     printed = json.loads(out.stdout)
     expected = json.loads(path.read_text())["expected"]

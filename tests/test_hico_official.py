@@ -9,9 +9,9 @@ import scipy.io
 
 from data_pipeline.class_tables import TABLES_DIR, read_class_tables
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax.metrics import hico
-from hoiclip_jax.metrics import hico_export
-from hoiclip_jax.metrics import hico_official as official
+from hoiclip_jax.eval.protocols import hico
+from hoiclip_jax.eval.protocols import hico_export
+from hoiclip_jax.eval.protocols import hico_official as official
 
 TABLES = read_class_tables(os.path.join(TABLES_DIR, "hico_classes.json"), "hico")
 K = TABLES.num_hois

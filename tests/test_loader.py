@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from data_pipeline import class_tables, hico_reader, loader, synthetic, transforms
+from data_pipeline import class_tables, hico_reader, loader, transforms
+from data_pipeline.synthetic import generate as synthetic
 from tests import frozen_light_transforms as frozen
 
 CONTRACT = {"image": ((128, 128, 3), np.float32), "pixel_mask": ((128, 128), bool),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hoiclip_jax import losses
+from hoiclip_jax.train import losses
 from tests import helpers
 
 BASES = ("loss_hoi_labels", "loss_obj_ce", "loss_sub_bbox", "loss_obj_bbox", "loss_sub_giou",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from hoiclip_jax import matching
+from hoiclip_jax.train import matching
 from tests import helpers
 
 

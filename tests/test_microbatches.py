@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from data_pipeline import class_tables
-from hoiclip_jax import losses, matching, sharding, state_io
-from hoiclip_jax import train_step as train_step_lib
+from hoiclip_jax.train import losses, matching, state as state_io
+from hoiclip_jax.lib import sharding
+from hoiclip_jax.train import step as train_step_lib
 from tests import helpers
 
 GLOBAL_BATCH = 8

@@ -7,8 +7,9 @@ import pytest
 
 from configs import demo
 from data_pipeline import class_tables
-from hoiclip_jax import matching, sharding
-from hoiclip_jax import train_step as train_step_lib
+from hoiclip_jax.train import matching
+from hoiclip_jax.lib import sharding
+from hoiclip_jax.train import step as train_step_lib
 from hoiclip_jax.models import hoiclip
 from tests import helpers, param_fill
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from configs import demo, hico, hico5p, vcoco
-from data_pipeline import class_tables, synthetic
-from hoiclip_jax import optim
+from data_pipeline import class_tables
+from data_pipeline.synthetic import generate as synthetic
+from hoiclip_jax.train import optim
 from hoiclip_jax.models import attention, backbone, detr, hoiclip, interaction
-from hoiclip_jax.models.tokenizer import WordTokenizer, build_tokenizer
+from hoiclip_jax.weights.tokenizer import WordTokenizer, build_tokenizer
 from hoiclip_jax.tools import param_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import class_tables, synthetic
-from hoiclip_jax import cli, run_log, sharding, state_io
+from data_pipeline import class_tables
+from data_pipeline.synthetic import generate as synthetic
+from hoiclip_jax.lib import cli, run_log, sharding
+from hoiclip_jax.train import state as state_io
 from tests import helpers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

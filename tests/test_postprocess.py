@@ -1,4 +1,4 @@
-"""Tests of hoiclip_jax/postprocess.py: HICO top-k triplets (§7.1) and triplet NMS."""
+"""Tests of hoiclip_jax/eval/postprocess.py: HICO top-k triplets (§7.1) and triplet NMS."""
 import json
 import math
 import pathlib
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax import postprocess
+from hoiclip_jax.eval import postprocess
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25

@@ -18,12 +18,14 @@ import pytest
 from PIL import Image
 
 import hoiclip_jax
-from data_pipeline import class_tables, fake_layout, loader
+from data_pipeline import class_tables, loader
+from tests import fake_layout
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax import (analysis, checkpoints, evaluation, optim, predict, protocols, sharding,
-                         visualize)
-from hoiclip_jax.metrics import hico as hico_metrics
-from hoiclip_jax.metrics import vcoco as vcoco_metrics
+from hoiclip_jax.eval import analysis, evaluator as evaluation, predict_cli as predict, registry as protocols, visualize
+from hoiclip_jax.lib import checkpoints, sharding
+from hoiclip_jax.train import optim
+from hoiclip_jax.eval.protocols import hico as hico_metrics
+from hoiclip_jax.eval.protocols import vcoco as vcoco_metrics
 from hoiclip_jax.models import hoiclip
 from hoiclip_jax.tools.param_count import load_config
 from hoiclip_jax.weights import detr_import, hoiclip_import

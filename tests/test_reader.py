@@ -8,7 +8,8 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from data_pipeline import class_tables, hico_reader, synthetic
+from data_pipeline import class_tables, hico_reader
+from data_pipeline.synthetic import generate as synthetic
 
 
 @pytest.fixture(scope="module")

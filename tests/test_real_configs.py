@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import fake_layout
+from tests import fake_layout
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

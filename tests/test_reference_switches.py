@@ -10,7 +10,7 @@ import pytest
 
 from configs import vcoco
 from data_pipeline import class_tables
-from hoiclip_jax import optim, state_io
+from hoiclip_jax.train import optim, state as state_io
 from hoiclip_jax.models import hoiclip
 from tests import helpers
 

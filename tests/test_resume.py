@@ -19,8 +19,10 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import class_tables, synthetic
-from hoiclip_jax import checkpoints, run_log, sharding, state_io
+from data_pipeline import class_tables
+from data_pipeline.synthetic import generate as synthetic
+from hoiclip_jax.lib import checkpoints, run_log, sharding
+from hoiclip_jax.train import state as state_io
 from tests import resume_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +158,7 @@ def test_checkpoint_folders_after_the_kill(runs):
 
 
 def test_resume_refuses_a_config_that_changes_the_data_stream(runs):
-    from hoiclip_jax import train
+    from hoiclip_jax.train import main as train
     config, _, killed, _ = runs
     for field, value in (("seed", config.seed + 1), ("batch_size", 8)):
         changed = config.copy_and_resolve_references()

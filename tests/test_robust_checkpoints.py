@@ -23,7 +23,8 @@ import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 from data_pipeline import class_tables
-from hoiclip_jax import checkpoints, state_io
+from hoiclip_jax.lib import checkpoints
+from hoiclip_jax.train import state as state_io
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import ml_collections as mlc
 import pytest
 
 from configs import demo
-from hoiclip_jax import cli
+from hoiclip_jax.lib import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,7 +116,7 @@ def test_config_of_an_older_run_gets_the_added_fields(tmp_path):
     import json
 
     from configs import demo
-    from hoiclip_jax import checkpoints
+    from hoiclip_jax.lib import checkpoints
     config = demo.get_config()
     old = json.loads(config.to_json_best_effort())
     del old["model"]["remat"], old["train"]["microbatches"], old["matcher"]["backend"]

@@ -2,7 +2,7 @@
 bad records, unreadable and non-RGB images, degenerate boxes, and more GT pairs than queries.
 
 The cases already tested elsewhere are only listed in README "What happens when…"; these tests add the
-ones that were missing. The images are a tiny synthetic set (data_pipeline/synthetic.py).
+ones that were missing. The images are a tiny synthetic set (data_pipeline/synthetic/generate.py).
 """
 import json
 import logging
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common, demo
-from data_pipeline import class_tables, hico_reader, loader, sources, synthetic
-from hoiclip_jax import losses, matching
+from configs import demo
+from hoiclip_jax.lib import config_base as common
+from data_pipeline import class_tables, hico_reader, loader, sources
+from data_pipeline.synthetic import generate as synthetic
+from hoiclip_jax.train import losses, matching
 from tests import helpers
 
 BATCH = 4

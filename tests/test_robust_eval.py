@@ -3,7 +3,7 @@ scores or boxes stop the evaluation with an error naming the image, never a sile
 import numpy as np
 import pytest
 
-from hoiclip_jax.metrics import hico
+from hoiclip_jax.eval.protocols import hico
 
 H, O = [0, 0, 99, 99], [100, 0, 199, 99]
 

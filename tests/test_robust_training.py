@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import pytest
 
-from hoiclip_jax import train
+from hoiclip_jax.train import main as train
 
 
 def fake_run(mode: str, flags: list[float]):

@@ -1,4 +1,4 @@
-"""metrics.jsonl and TensorBoard events of a run (hoiclip_jax/run_log.py), read back."""
+"""metrics.jsonl and TensorBoard events of a run (hoiclip_jax/lib/run_log.py), read back."""
 import glob
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from hoiclip_jax import run_log, sharding
+from hoiclip_jax.lib import run_log, sharding
 from tests import helpers
 
 EVAL = {"mAP": 0.25, "mAP_rare": None, "mAP_non_rare": 0.5, "mean_max_recall": 0.75}

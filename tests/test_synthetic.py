@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import class_tables, hico_reader, synthetic, synthetic_draw
-from data_pipeline import synthetic_scene as scene
-from data_pipeline.synthetic_scene import Person, Thing
+from data_pipeline import class_tables, hico_reader
+from data_pipeline.synthetic import generate as synthetic, draw as synthetic_draw
+from data_pipeline.synthetic import scene
+from data_pipeline.synthetic.scene import Person, Thing
 
 V = {name: i for i, name in enumerate(scene.VERBS)}
 O = {name: i for i, name in enumerate(scene.OBJECTS)}

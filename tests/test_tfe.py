@@ -1,9 +1,9 @@
-"""Training-free enhancement (hoiclip_jax/tfe.py) and its place in the triplet scores."""
+"""Training-free enhancement (hoiclip_jax/eval/tfe.py) and its place in the triplet scores."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax import evaluation, postprocess, tfe
+from hoiclip_jax.eval import evaluator as evaluation, postprocess, tfe
 
 
 def _normalised(rng, *shape):

@@ -6,8 +6,9 @@ import optax
 import pytest
 
 from data_pipeline import class_tables
-from hoiclip_jax import checkpoints, matching, sharding, state_io
-from hoiclip_jax import train_step as train_step_lib
+from hoiclip_jax.lib import checkpoints, sharding
+from hoiclip_jax.train import matching, state as state_io
+from hoiclip_jax.train import step as train_step_lib
 from tests import helpers
 
 GLOBAL_BATCH = 4

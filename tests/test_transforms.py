@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from configs import common, demo
+from configs import demo
+from hoiclip_jax.lib import config_base as common
 from data_pipeline import class_tables, transforms
 from data_pipeline.hico_reader import HoiRecord
 from tests import frozen_light_transforms as frozen

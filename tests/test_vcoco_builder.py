@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import common
+from hoiclip_jax.lib import config_base as common
 from data_pipeline import class_tables, hoi_tfds, sources
 from tests import helpers
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from data_pipeline import class_tables
-from hoiclip_jax import postprocess
-from hoiclip_jax.metrics import vcoco, vcoco_official
+from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval.protocols import vcoco, vcoco_official
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vcoco_eval" / "v1_default.json"
 REPO = pathlib.Path(__file__).parent.parent
@@ -49,7 +49,7 @@ def test_fixture_reproduces_reference():
 
 
 def test_cli_prints_expected_json():
-    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.metrics.vcoco", "--fixture",
+    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.vcoco", "--fixture",
                           str(FIXTURE)], cwd=REPO, capture_output=True, text=True, check=True)
     _assert_matches_expected(json.loads(out.stdout),
                              json.loads(FIXTURE.read_text())["expected"])

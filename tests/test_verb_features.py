@@ -1,4 +1,4 @@
-"""E_v tool (hoiclip_jax/verb_features.py, hoiclip_jax/tools/verb_features.py), reference §5.
+"""E_v tool (hoiclip_jax/weights/verb_features.py, hoiclip_jax/tools/verb_features.py), reference §5.
 
 The tool's E_v is checked against a plain numpy computation written here from the recipe of §5.1
 / §5.2, using CLIP embeddings of the same crops computed in one direct (unsharded, unpadded) call.
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import synthetic
+from data_pipeline.synthetic import generate as synthetic
 from data_pipeline.class_tables import load_class_tables
 from data_pipeline.hico_reader import HoiRecord
 from data_pipeline.transforms import clip_view
-from hoiclip_jax import sharding
-from hoiclip_jax import verb_features as ev
+from hoiclip_jax.lib import sharding
+from hoiclip_jax.weights import verb_features as ev
 from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.clip import CLIP, ClipSpec
 from hoiclip_jax.tools import verb_features as tool

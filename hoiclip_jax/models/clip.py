@@ -7,7 +7,7 @@ pre_layrnorm (sic), encoder/layers/{i}, post_layernorm}`, `visual_projection`, `
 and LayerNorm eps 1e-5; the text tower is causal and pools at the EOT token (the largest id).
 
 Pretrained weights: `load_pretrained(folder)` reads a Hugging Face CLIP model folder (config.json
-plus flax_model.msgpack or model.safetensors; see clip_weights.py).
+plus flax_model.msgpack or model.safetensors; see weights/clip.py).
 
 Random init (the demo's CLIP; replaced by pretrained weights when they are configured) follows
 `CLIPPreTrainedModel._init_weights` of transformers with factor 1: normal embeddings (std 0.02,
@@ -278,7 +278,7 @@ def load_pretrained(path: str, image_size: int | None = None, source: str = "aut
       (CLIP module, params): params in the Hugging Face Flax layout, float32.
     """
     # clip_weights builds on this module (ClipSpec, abstract_params), hence the late import.
-    from hoiclip_jax.models import clip_weights
+    from hoiclip_jax.weights import clip as clip_weights
     spec, params, _ = clip_weights.load_clip_params(path, image_size, source)
     logit_scale = float(params["logit_scale"])
     return CLIP(spec, logit_scale, dtype), params

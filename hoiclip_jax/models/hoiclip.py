@@ -27,14 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hoiclip_jax.models import clip_weights, remat
+from hoiclip_jax.weights import clip as clip_weights
+from hoiclip_jax.models import remat
 from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, layer_norm,
                                           torch_default_bias)
 from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
 from hoiclip_jax.models.clip import CLIP, ClipSpec
 from hoiclip_jax.models.detr import Encoder, InstanceDecoder, sine_position_embedding
 from hoiclip_jax.models.interaction import Q_INTER_MODES, InteractionDecoder
-from hoiclip_jax.models.tokenizer import build_tokenizer
+from hoiclip_jax.weights.tokenizer import build_tokenizer
 
 
 STANDARD_NORMAL = nn.initializers.normal(1.0)

@@ -16,7 +16,7 @@ import os
 import flax.serialization
 import flax.traverse_util as traverse_util
 
-from hoiclip_jax.tools.param_count import load_config
+from hoiclip_jax.lib.config_files import load_config
 from hoiclip_jax.weights import detr_import, hoiclip_import, torch_pickle
 
 

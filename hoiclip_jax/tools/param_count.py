@@ -7,32 +7,12 @@ rules of `optim.parameter_groups(config)` (as the trainer does), and prints the 
 table per top-level module.
 """
 import argparse
-import importlib.util
-import os
-import sys
 
 import flax.traverse_util as traverse_util
 import numpy as np
 
-from hoiclip_jax import optim
-
-# Config files import `from configs import common`: the repository root must be importable.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_config(path: str):
-    """Runs `get_config()` of the config file at `path`, or `get_config(arg)` for `path:arg`
-    (as the training CLI's `--config`)."""
-    path, sep, arg = path.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {path}: no such file")
-    if _REPO_ROOT not in sys.path:
-        sys.path.insert(0, _REPO_ROOT)
-    spec = importlib.util.spec_from_file_location("_param_count_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if sep else module.get_config()
-
+from hoiclip_jax.lib.config_files import load_config
+from hoiclip_jax.train import optim
 
 def count_params(params, groups) -> dict:
     """Counts parameters per top-level module and trainable / frozen.
@@ -60,7 +40,7 @@ def count_params(params, groups) -> dict:
 def config_param_counts(config) -> dict:
     """`count_params` of the model that `config` builds (shapes only)."""
     from data_pipeline.class_tables import load_class_tables
-    from hoiclip_jax import optim
+    from hoiclip_jax.train import optim
     from hoiclip_jax.models import hoiclip
 
     tables = load_class_tables(config.dataset)

@@ -17,9 +17,9 @@ import ml_collections as mlc
 import numpy as np
 
 from data_pipeline.class_tables import load_class_tables
-from hoiclip_jax.models import clip_weights
+from hoiclip_jax.weights import clip as clip_weights
 from hoiclip_jax.models.clip import load_pretrained
-from hoiclip_jax.models.tokenizer import ClipBpeTokenizer
+from hoiclip_jax.weights.tokenizer import ClipBpeTokenizer
 
 BATCH_SIZE = 128  # prompts per text-tower call (bounds the activation memory)
 

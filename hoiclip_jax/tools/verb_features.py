@@ -6,7 +6,7 @@
 Crops the human, object and union boxes of every HOI annotation of the training split (raw
 images, GT boxes), embeds them with the CLIP image tower data-parallel over all devices, and
 combines them by `--method`: 'original' (§5.1, the released `tmp/verb.pth`) or 'seed' (§5.2, the
-reproduction report); see hoiclip_jax/verb_features.py for the recipes and the V-COCO no-object
+reproduction report); see hoiclip_jax/weights/verb_features.py for the recipes and the V-COCO no-object
 rule. The output is a float32 .npy [V, E], rows L2-normalised (zero for a verb without training
 instances), which `config.model.verb_features` loads as it is.
 
@@ -30,11 +30,12 @@ import numpy as np
 
 from data_pipeline import sources
 from data_pipeline.class_tables import load_class_tables
-from hoiclip_jax import sharding
-from hoiclip_jax import verb_features as ev
-from hoiclip_jax.models import clip_weights, hoiclip
+from hoiclip_jax.lib import sharding
+from hoiclip_jax.weights import verb_features as ev
+from hoiclip_jax.weights import clip as clip_weights
+from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.clip import CLIP
-from hoiclip_jax.tools.param_count import load_config
+from hoiclip_jax.lib.config_files import load_config
 
 
 def load_clip(config, tables, folder: str) -> tuple[CLIP, dict]:

@@ -1,6 +1,6 @@
 """Fake HICO-Det and V-COCO folders in the real layout, for smoke runs of the real configs.
 
-    python -m data_pipeline.fake_layout --dataset hico --out /tmp/hico_20160224_det
+    python -m tests.fake_layout --dataset hico --out /tmp/hico_20160224_det
     python -m hoiclip_jax.train --config configs/hico5p.py --workdir /tmp/run \
         --config.dataset.root=/tmp/hico_20160224_det ...
 

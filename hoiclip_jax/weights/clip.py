@@ -8,7 +8,7 @@ driven by our own parameter tree: each Flax path names one PyTorch key
 is accounted for; checkpoint keys that nothing reads are reported, a missing key or a shape
 mismatch is an error naming the key.
 
-Reference numerics: towers equal to transformers' CLIPModel at <= 1e-4 (tests/test_clip_weights.py
+Reference numerics: towers equal to transformers' CLIPModel at <= 1e-4 (tests/test_weights/clip.py
 against the goldens of tools/goldens/make_clip_goldens.py).
 """
 import dataclasses

@@ -25,7 +25,7 @@ import optax
 import scipy.optimize
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hoiclip_jax import box_ops
+from hoiclip_jax.lib import box_ops
 
 DATA_AXIS = "data"
 # Cost given to padded GT columns and to NaN/inf entries. Large but finite: scipy rejects inf

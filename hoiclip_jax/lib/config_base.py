@@ -239,7 +239,7 @@ def eval_config() -> mlc.ConfigDict:
     e.nms_beta = 0.5
     e.overlap_iou = 0.5
     e.rare_threshold = 10        # HOI classes with < 10 training instances are rare
-    # Training-free enhancement (reference §6, hoiclip_jax/tfe.py): every k here adds a row with
+    # Training-free enhancement (reference §6, hoiclip_jax/eval/tfe.py): every k here adds a row with
     # CLIP's top-k image-level HOI scores added to the query scores (the published HICO-Det
     # numbers use k = 10); () is off. `tfe_weight` is the reference's `co`.
     e.tfe_k = ()
@@ -316,3 +316,15 @@ def apply_variants(config: mlc.ConfigDict, args: dict, verb_features_name: str) 
     if args["verb_features"] != "text":
         config.model.verb_features = verb_features_path(verb_features_name,
                                                         args["verb_features"])
+
+
+FRACTIONS = ("5", "15", "25", "50")  # percent; data_pipeline.splits.FRACTIONS
+
+
+def fractional_config(frac: str, args: dict) -> mlc.ConfigDict:
+    """HICO-Det trained on the `frac` percent subset (`trainval_hico_<frac>%.json`), with the
+    variant options `args` (configs/hico_frac.py, configs/hico5p.py)."""
+    config = hoiclip_config("hico")
+    config.dataset.train_file = f"trainval_hico_{frac}%.json"
+    apply_variants(config, args, "hico")
+    return config

@@ -10,7 +10,7 @@ reference on D GPUs (§2.2, §11.6): the batch is cut into D contiguous groups (
 group's own count, the subject-box terms by the global pair count / D, and the D group losses are
 averaged (DDP averages the per-GPU gradients). Both modes are one code path: 'global' is one group.
 
-Matching contract (hoiclip_jax/matching.py): `indices [L, B, M]` holds for each GT pair the
+Matching contract (hoiclip_jax/train/matching.py): `indices [L, B, M]` holds for each GT pair the
 query matched to it, -1 for padding or no match.
 """
 import re
@@ -18,7 +18,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from hoiclip_jax import box_ops
+from hoiclip_jax.lib import box_ops
 
 # Probability clamp of the focal loss (reference: clamp(sigmoid, 1e-4, 1 - 1e-4)).
 _FOCAL_CLAMP = 1e-4

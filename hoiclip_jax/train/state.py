@@ -4,7 +4,9 @@ from typing import Optional
 
 import jax
 
-from hoiclip_jax import checkpoints, optim, sharding, train_step, weights
+from hoiclip_jax.lib import checkpoints, sharding
+from hoiclip_jax.train import optim, step as train_step
+from hoiclip_jax import weights
 from hoiclip_jax.models import hoiclip
 
 

@@ -24,8 +24,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from data_pipeline import synthetic_draw as draw
-from data_pipeline import synthetic_scene as scene
+from data_pipeline.synthetic import draw
+from data_pipeline.synthetic import scene
 
 RARE_THRESHOLD = 10  # as eval.rare_threshold: HOI classes with < 10 training instances
 SPLITS = {"train": ("train2015", "trainval_hico.json"), "test": ("test2015", "test_hico.json")}
@@ -38,7 +38,7 @@ def class_table(train_counts: np.ndarray | None = None) -> dict:
     rare = [] if train_counts is None else [
         int(k) for k in np.flatnonzero(train_counts < RARE_THRESHOLD)]
     return {
-        "source": "data_pipeline/synthetic.py (rendered synthetic HOI data set)",
+        "source": "data_pipeline/synthetic/generate.py (rendered synthetic HOI data set)",
         "notes": ["verb id in annotations = verb index + 1 (as HICO-Det); object index = "
                   "position of the COCO category_id in coco_ids (person = 0).",
                   f"rare_hois: HOI classes with < {RARE_THRESHOLD} training instances in this "

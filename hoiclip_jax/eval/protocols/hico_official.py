@@ -3,7 +3,7 @@
 The paper numbers of HOICLIP / GEN-VLKT (Default and Known-Object) come from the MATLAB code of
 ho-rcnn (`evaluation/eval_one.m`, `VOCevaldet_bboxpair.m`) fed by PPDM's converter
 (`trans_for_eval_hico.py` + `Generate_detection.m`). This module computes the same numbers in
-vectorised numpy, with the matching pieces of the python protocol (`metrics.hico`):
+vectorised numpy, with the matching pieces of the python protocol (`protocols.hico`):
 
 * GT: the official source is `anno_bbox.mat` (`read_anno_bbox`): every `connection` row of every
   non-`invis` HOI of the 9,658 test images, boxes 1-based and pixel-inclusive as stored.
@@ -47,8 +47,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 import scipy.io
 
-from hoiclip_jax.metrics import ap as ap_lib
-from hoiclip_jax.metrics import hico
+from hoiclip_jax.eval.protocols import ap as ap_lib
+from hoiclip_jax.eval.protocols import hico
 
 # MATLAB's colon operator fills the first half of 0:0.1:1 as k * 0.1 and the second half as
 # 1 - k * 0.1 (MathWorks' `colonop`), so 0.3 is 0.30000000000000004 but 0.6 and 0.7 are exact.
@@ -250,7 +250,7 @@ def instance_counts(gt: OfficialGt, num_hois: int) -> np.ndarray:
 def detections_from_predictions(predictions: Mapping[str, Mapping], file_names: Sequence[str],
                                 num_hois: int) -> Detections:
     """Flattens per-image predictions (`pred_boxes` [m, 4], `pred_hois` [P, 4] rows (subject
-    id, object id, HOI class, score), as `metrics.hico`'s `EvalImage`) keyed by file name.
+    id, object id, HOI class, score), as `protocols.hico`'s `EvalImage`) keyed by file name.
 
     Images of `file_names` without an entry have no detections; a file name that is not in
     `file_names` raises ValueError. Output order: image (file order), then `pred_hois` row.

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_pipeline.synthetic_scene import NUM_SHADES, OBJECTS, Layout, Person, Thing, skeleton
+from data_pipeline.synthetic.scene import NUM_SHADES, OBJECTS, Layout, Person, Thing, skeleton
 
 BODY = ((45, 45, 55), (30, 40, 90), (70, 45, 30))
 SKIN = ((240, 200, 160), (205, 155, 115), (150, 100, 70))

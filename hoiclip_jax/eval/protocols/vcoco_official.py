@@ -38,7 +38,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from hoiclip_jax import postprocess
+from hoiclip_jax.eval import postprocess
 
 POINT_INSTR = "point_instr"   # left out of the 24-entry mean, as papers report
 _ROLE_SUFFIXES = ("obj", "instr")

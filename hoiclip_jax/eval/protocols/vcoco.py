@@ -17,13 +17,13 @@ one its training loop reports) following the rules of `tests/fixtures/vcoco_eval
   5. mAP_all: mean over the verbs with GT.
   6. mAP_thesis: mean over the 24 thesis verbs, a thesis verb without GT counting as AP 0.
   7. No NMS. The top-k before it is `postprocess.vcoco_topk` (rule 8).
-This is only a proxy of the official V-COCO role AP; that one is in `metrics.vcoco_official`,
+This is only a proxy of the official V-COCO role AP; that one is in `protocols.vcoco_official`,
 whose public functions are re-exported here.
 
 The IoU arithmetic is float64 where the reference used float32 scalars; the fixtures keep every
 IoU at least 1e-4 away from the threshold, so both agree on every match there.
 
-Run on a fixture (`vcoco_eval_fixture/v1`): `python -m hoiclip_jax.metrics.vcoco --fixture FILE`.
+Run on a fixture (`vcoco_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.vcoco --fixture FILE`.
 """
 import argparse
 import json
@@ -33,11 +33,9 @@ from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
-from hoiclip_jax.metrics import ap as ap_lib
-from hoiclip_jax.metrics import hico
-from hoiclip_jax.metrics.vcoco_official import (
-    VcocoGroundTruth, coco_image_id, detections_from_topk, read_vcoco_gt, role_ap,
-    verb_action_role)
+from hoiclip_jax.eval.protocols import ap as ap_lib
+from hoiclip_jax.eval.protocols import hico
+from hoiclip_jax.eval.protocols.vcoco_official import VcocoGroundTruth, coco_image_id, detections_from_topk, read_vcoco_gt, role_ap, verb_action_role
 
 __all__ = [  # the proxy here, the official role AP re-exported from `vcoco_official`
     "EvalImage", "evaluate", "predictions_from_topk", "load_fixture", "result_to_json", "main",
@@ -277,7 +275,7 @@ def result_to_json(result: dict) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m hoiclip_jax.metrics.vcoco",
+        prog="python -m hoiclip_jax.eval.protocols.vcoco",
         description="Evaluates a vcoco_eval_fixture/v1 file in the reference's python V-COCO "
                     "protocol and prints one JSON object {\"mAP_all\", \"mAP_thesis\", ..., "
                     "\"per_verb\": {\"<verb id>\": {\"ap\", ...}}}.")

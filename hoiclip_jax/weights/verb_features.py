@@ -43,7 +43,7 @@ from PIL import Image
 from data_pipeline.class_tables import ClassTables
 from data_pipeline.hico_reader import HoiRecord
 from data_pipeline.transforms import clip_view
-from hoiclip_jax import sharding
+from hoiclip_jax.lib import sharding
 from hoiclip_jax.models.clip import CLIP
 
 METHODS = ("original", "seed")

@@ -22,7 +22,7 @@ for an IoU within that distance of the threshold or two candidate GT HOIs within
 other), and the per-class sort by score is stable (the reference's `np.argsort(-score)` orders
 tied scores arbitrarily).
 
-Run on a fixture (`hico_eval_fixture/v1`): `python -m hoiclip_jax.metrics.hico --fixture FILE`.
+Run on a fixture (`hico_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.hico --fixture FILE`.
 """
 import argparse
 import json
@@ -32,8 +32,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
-from hoiclip_jax import postprocess
-from hoiclip_jax.metrics import ap as ap_lib
+from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval.protocols import ap as ap_lib
 
 FIXTURE_SCHEMA = "hico_eval_fixture/v1"
 
@@ -438,7 +438,7 @@ def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
 
 def result_to_json(result: dict, per_key: str = "per_class") -> dict:
     """An evaluation result with string class ids under `per_key` and NaN as None (strict
-    JSON); `metrics.vcoco` uses it with `per_key='per_verb'`."""
+    JSON); `protocols.vcoco` uses it with `per_key='per_verb'`."""
     def clean(v):
         return None if isinstance(v, float) and math.isnan(v) else v
     out = {k: clean(v) for k, v in result.items() if k != per_key}
@@ -449,7 +449,7 @@ def result_to_json(result: dict, per_key: str = "per_class") -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m hoiclip_jax.metrics.hico",
+        prog="python -m hoiclip_jax.eval.protocols.hico",
         description="Evaluates a hico_eval_fixture/v1 file without and with triplet NMS and "
                     "prints one JSON object {\"no_nms\": ..., \"nms\": ...}.")
     parser.add_argument("--fixture", required=True, help="path of the fixture JSON")

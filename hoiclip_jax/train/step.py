@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hoiclip_jax import losses, optim, sharding
+from hoiclip_jax.train import losses, optim
+from hoiclip_jax.lib import sharding
 
 
 def seen_labels(batch: dict, columns: tuple[int, ...]) -> dict:

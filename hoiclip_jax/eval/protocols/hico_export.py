@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.io
 
-from hoiclip_jax.metrics import hico_official as official
+from hoiclip_jax.eval.protocols import hico_official as official
 
 
 def detection_file_name(obj: int) -> str:

@@ -3,7 +3,7 @@
     python    HICO-Det (and the synthetic set) in the reference's python protocol (§8.1):
               Full / Rare / Non-rare (zero-shot: Unseen / Seen) mAP and mean max recall, on the
               images of the test annotation file. What training selects its best state by.
-    official  HICO-Det as ho-rcnn's MATLAB code (`metrics.hico_official`): Default and
+    official  HICO-Det as ho-rcnn's MATLAB code (`protocols.hico_official`): Default and
               Known-Object, on all test images of `anno_bbox.mat` (the paper's numbers).
     vcoco     V-COCO: the reference's python proxy (`mAP_all`, `mAP_thesis`, §8.2; what the
               published HOICLIP numbers are) and, when the v-coco files are there, the official
@@ -22,10 +22,11 @@ import numpy as np
 
 from data_pipeline import class_tables
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax import datasets, postprocess
-from hoiclip_jax.metrics import hico as hico_metrics
-from hoiclip_jax.metrics import hico_official, vcoco_official
-from hoiclip_jax.metrics import vcoco as vcoco_metrics
+from data_pipeline import datasets
+from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval.protocols import hico as hico_metrics
+from hoiclip_jax.eval.protocols import hico_official, vcoco_official
+from hoiclip_jax.eval.protocols import vcoco as vcoco_metrics
 
 PROTOCOLS = ("python", "official", "vcoco")
 
@@ -77,7 +78,7 @@ def hico_columns(groups: datasets.ClassGroups) -> tuple[Column, ...]:
 
 def hico_eval_images(predictions: list[dict], records: list[HoiRecord], eval_config) -> list:
     """Top-k predictions (+ triplet NMS when `eval.use_nms`) and the GT of each record, as the
-    `EvalImage`s of `metrics.hico`."""
+    `EvalImage`s of `protocols.hico`."""
     stacked = stack_predictions(predictions)
     images = hico_metrics.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
@@ -91,7 +92,7 @@ def hico_eval_images(predictions: list[dict], records: list[HoiRecord], eval_con
 
 def python_protocol(predictions: list[dict], records: list[HoiRecord],
                     groups: datasets.ClassGroups, num_hois: int, eval_config) -> dict:
-    """`metrics.hico.evaluate`'s dict (rare / non-rare means over `groups`) plus the summary
+    """`protocols.hico.evaluate`'s dict (rare / non-rare means over `groups`) plus the summary
     keys of `hico_columns(groups)`, e.g. `mAP_unseen` in a zero-shot setting."""
     images = hico_eval_images(predictions, records, eval_config)
     metrics = hico_metrics.evaluate(images, rare_hois=groups.first, num_hois=num_hois,

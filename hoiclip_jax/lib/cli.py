@@ -10,11 +10,6 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-# Config files import `from configs import common`; make the repository root importable when
-# the package is used from an editable install and the command runs from elsewhere.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
 
 def define_config_flag(required: bool = True, help_text: str = "Config file (configs/*.py); "

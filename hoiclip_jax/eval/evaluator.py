@@ -16,7 +16,9 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from data_pipeline import loader, sources
-from hoiclip_jax import datasets, postprocess, protocols, sharding, tfe
+from data_pipeline import datasets
+from hoiclip_jax.eval import postprocess, registry as protocols, tfe
+from hoiclip_jax.lib import sharding
 
 
 RANKED_KEYS = ("scores", "hoi_ids", "verb_ids", "query_ids")  # per TFE variant; the rest shared

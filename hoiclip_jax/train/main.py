@@ -28,8 +28,10 @@ from absl import app, flags
 
 from data_pipeline import class_tables, loader, sources
 from data_pipeline.class_tables import ClassTables
-from hoiclip_jax import (checkpoints, cli, datasets, evaluation, matching, optim, run_log,
-                         sharding, state_io, train_step)
+from hoiclip_jax.lib import checkpoints, cli, run_log, sharding
+from data_pipeline import datasets
+from hoiclip_jax.eval import evaluator as evaluation
+from hoiclip_jax.train import matching, optim, state as state_io, step as train_step
 
 FLAGS = flags.FLAGS
 
