@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/synthetic
 DEMO_RUN := runs/demo
 
-.PHONY: demo test venv data-demo params clean-demo
+.PHONY: demo test venv data-demo params clean-demo check-install
 
 venv: $(STAMP)
 
@@ -48,3 +48,8 @@ demo: data-demo
 
 params: $(STAMP)
 	for c in demo hico hico5p vcoco; do $(PY) -m hoiclip_jax.tools.param_count --config configs/$$c.py; done
+
+# A non-editable `pip install .` into a fresh venv, used from outside the repository
+# (import, a config by path, load_checkpoint on runs/demo): run after `make demo`.
+check-install:
+	tools/check_install.sh $(DEMO_RUN)

@@ -5,6 +5,8 @@ setup(
     name="hoiclip-jax",
     version="0.1.0",
     description="HOICLIP human-object interaction detection in JAX/Flax",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.12",
     packages=find_packages(include=["hoiclip_jax", "hoiclip_jax.*", "data_pipeline", "data_pipeline.*"]),
     package_data={"data_pipeline": ["tables/*.json"]},

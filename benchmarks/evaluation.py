@@ -13,7 +13,7 @@ logit raised), the rest are random; the background logits are N(-7, 1.5) (HOI) a
 (object), as in the fixture generators' parameters.
 
 Then, timed (the drawing of the data is not):
-  * top-k: `postprocess.hico_topk` / `vcoco_topk` jitted, batches of 16 images as the evaluation
+  * top-k: `scoring.hico_topk` / `vcoco_topk` jitted, batches of 16 images as the evaluation
     loop runs them, results fetched to the host (compilation timed apart, on a first batch);
   * evaluation: `protocols.hico.predictions_from_topk` (with or without triplet NMS) then
     `protocols.hico.evaluate`; for V-COCO `protocols.vcoco.predictions_from_topk` then `evaluate`;
@@ -41,7 +41,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from data_pipeline import class_tables
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import scoring
 from hoiclip_jax.eval.protocols import hico, vcoco
 
 TABLES_DIR = os.path.join(REPO, "data_pipeline", "tables")
@@ -185,7 +185,7 @@ def hico_rows(args, rng, tables, fixture_dir: str) -> list[tuple]:
     hoi_to_obj = jax.numpy.asarray(tables.hoi_to_obj)
 
     def topk_fn(o):
-        return postprocess.hico_topk(o["hoi_logits"], o["obj_logits"], o["sub_boxes"],
+        return scoring.hico_topk(o["hoi_logits"], o["obj_logits"], o["sub_boxes"],
                                      o["obj_boxes"], o["orig_size"], hoi_to_obj, k=100)
 
     topk, topk_s, compile_s = run_topk(rng, gts, work, tables, topk_fn, args.batch)
@@ -217,13 +217,13 @@ def vcoco_rows(args, rng, tables, fixture_dir: str) -> list[tuple]:
     thesis = read_json(os.path.join(TABLES_DIR, "vcoco_classes.json"))["thesis_verb_ids"]
     gts = make_gt(rng, work, tables)
     n_gt = sum(len(g["gt_hois"]) for g in gts)
-    correct = postprocess.vcoco_correct_mat(tables.hoi_to_verb, tables.hoi_to_obj,
+    correct = scoring.vcoco_correct_mat(tables.hoi_to_verb, tables.hoi_to_obj,
                                             tables.num_verbs, tables.num_objects + 1)
     hoi_to_obj, hoi_to_verb = (jax.numpy.asarray(tables.hoi_to_obj),
                                jax.numpy.asarray(tables.hoi_to_verb))
 
     def topk_fn(o):
-        return postprocess.vcoco_topk(o["hoi_logits"], o["obj_logits"], o["sub_boxes"],
+        return scoring.vcoco_topk(o["hoi_logits"], o["obj_logits"], o["sub_boxes"],
                                       o["obj_boxes"], o["orig_size"], hoi_to_obj, hoi_to_verb,
                                       correct, k=100)
 
@@ -281,7 +281,7 @@ def write_vcoco_fixture(path: str, topk: dict, gts: list[dict], tables, thesis) 
     for image, gt in zip(images, gts):
         image["gt_hois"] = gt["gt_hois"][:, :3].tolist()
     config = {"overlap_iou": 0.5, "max_hois": 100, "score_mode": 1,
-              "correct_mat": "postprocess.vcoco_correct_mat stand-in"}
+              "correct_mat": "scoring.vcoco_correct_mat stand-in"}
     write_json(path, {"schema": vcoco.FIXTURE_SCHEMA, "name": "vcoco_sized_benchmark",
                       "produced_by": "benchmarks/evaluation.py (synthetic; no reference output)",
                       "evaluator_config": config, "verb_classes": list(tables.verbs),

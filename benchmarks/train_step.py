@@ -254,13 +254,13 @@ def prepare(config, batch_size: int, devices: Optional[Sequence] = None,
 
 
 def compile_inference(prepared: PreparedStep, tfe_k: Sequence[int] = ()):
-    """(compiled, args): the evaluator's forward + top-k (`evaluation.make_predict_fn`) on the
+    """(compiled, args): the evaluator's forward + top-k (`inference.make_predict_fn`) on the
     prepared batch, with the prepared state's parameters."""
-    from hoiclip_jax.eval import evaluator as evaluation
+    from hoiclip_jax.eval import inference
     from hoiclip_jax.train import optim
     state = prepared.state
     params = optim.merge_params(state["trainable"], state["frozen"])
-    predict = evaluation.make_predict_fn(prepared.model, prepared.tables,
+    predict = inference.make_predict_fn(prepared.model, prepared.tables,
                                          prepared.config.eval.max_hois, prepared.mesh, tfe_k)
     args = (params, prepared.batch)
     return predict.lower(*args).compile(), args

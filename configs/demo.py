@@ -7,11 +7,11 @@
 The architecture is the full HOICLIP one (reference §1); only the sizes shrink. The backbone is
 trained from scratch (no pretrained DETR), so it is not frozen here, unlike the reference.
 """
-from hoiclip_jax.lib import config_base as common
+from hoiclip_jax.lib import config_base
 
 
 def get_config():
-    config = common.hoiclip_config("synthetic")
+    config = config_base.hoiclip_config("synthetic")
     config.seed = 0
 
     d = config.dataset

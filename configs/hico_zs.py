@@ -1,10 +1,10 @@
 """HOICLIP zero-shot on HICO-Det (reference §1.6, §3.4, §8.3, §9.1).
 
-    python -m hoiclip_jax.train --config configs/hico_zs.py:setting=rare_first \
-        --workdir runs/hico_rf_uc --config.eval.tfe_k='(10,)'
-With the published model's E_v, add `,verb_features=original` to the --config argument, after
     python -m hoiclip_jax.tools.verb_features --config configs/hico_zs.py:setting=rare_first \
         --method original --out params/verb_features/hico_rare_first_original.npy
+    python -m hoiclip_jax.train --config configs/hico_zs.py:setting=rare_first \
+        --workdir runs/hico_rf_uc
+(E_v `verb_features=original` and the TFE k=10 row are the defaults, as for configs/hico.py.)
 Published (HOICLIP README, Unseen / Seen / Full mAP):
     setting=rare_first      (RF-UC, 120 unseen)  25.53 / 34.85 / 32.99
     setting=non_rare_first  (NF-UC, 120 unseen)  26.39 / 28.10 / 27.75
@@ -26,17 +26,17 @@ configs/hico.py's E_v, params/verb_features/hico_original.npy) and pass that fil
 `--config.model.verb_features=...` instead of the option.
 
 Options: `setting=rare_first|non_rare_first|unseen_object|unseen_verb` (required) and
-common.VARIANTS (`q_inter`, `verb_features`: params/verb_features/hico_<setting>_<method>.npy).
+config_base.VARIANTS (`q_inter`, `verb_features`: params/verb_features/hico_<setting>_<method>.npy).
 """
-from hoiclip_jax.lib import config_base as common
+from hoiclip_jax.lib import config_base
 
 SETTINGS = ("rare_first", "non_rare_first", "unseen_object", "unseen_verb")
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg, "configs/hico_zs.py",
-                            {"setting": SETTINGS, **common.VARIANTS}, required=("setting",))
-    config = common.hoiclip_config("hico")
+    choices = {"setting": SETTINGS, **config_base.VARIANTS}
+    args = config_base.parse_arg(arg, "configs/hico_zs.py", choices, required=("setting",))
+    config = config_base.hoiclip_config("hico")
     config.dataset.zero_shot = args["setting"]  # config.model.zero_shot follows (a reference)
-    common.apply_variants(config, args, f"hico_{args['setting']}")
+    config_base.apply_variants(config, args, f"hico_{args['setting']}")
     return config

@@ -2,8 +2,9 @@
 
     python -m hoiclip_jax.tools.verb_features --config configs/vcoco.py --method original \
         --out params/verb_features/vcoco_original.npy
-    python -m hoiclip_jax.train --config configs/vcoco.py:verb_features=original \
-        --workdir runs/vcoco --config.model.vcoco_verb2hoi_bug=True
+    python -m hoiclip_jax.train --config configs/vcoco.py --workdir runs/vcoco \
+        --config.model.vcoco_verb2hoi_bug=True
+(`verb_features=original`, the E_v of the first command, is the default.)
 Published (HOICLIP README): Scenario 1 63.50 / Scenario 2 64.81, from the python proxy
 evaluator (`mAP_all`, `mAP_thesis`; which one is S1 or S2 is undocumented, §8.2) and the
 reference's verb2hoi bug (`--config.model.vcoco_verb2hoi_bug=True` reproduces it).
@@ -14,13 +15,13 @@ The reference script passed the HICO-Det E_v (117 rows) and crashed (issues #18,
 is the V-COCO one of the tool above. The released V-COCO E_v is not L2-normalised (row norms
 0.4 to 20, §5.1); the tool's rows are.
 
-Options: common.VARIANTS (`q_inter`, `verb_features`: params/verb_features/vcoco_<method>.npy).
+Options: config_base.VARIANTS (`q_inter`, `verb_features`: params/verb_features/vcoco_<method>.npy).
 """
-from hoiclip_jax.lib import config_base as common
+from hoiclip_jax.lib import config_base
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg, "configs/vcoco.py", common.VARIANTS)
-    config = common.hoiclip_config("vcoco")
-    common.apply_variants(config, args, "vcoco")
+    args = config_base.parse_arg(arg, "configs/vcoco.py", config_base.VARIANTS)
+    config = config_base.hoiclip_config("vcoco")
+    config_base.apply_variants(config, args, "vcoco")
     return config

@@ -81,6 +81,12 @@ def decode_image(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(w, h) of an encoded image, from its header."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
 def example_file_name(example: dict) -> str:
     """The file name stored in an example read back from the data source."""
     return _text(example["file_name"])

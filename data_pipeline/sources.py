@@ -102,6 +102,10 @@ class TfdsImages:
                 f"{self.where}: image {name} (record {record.image_id}) cannot be decoded "
                 f"({type(e).__name__}: {e})") from e
 
+    def size(self, record: HoiRecord) -> tuple[int, int]:
+        """(w, h) of the record's image from its header (the pixels are not decoded)."""
+        return hoi_tfds.image_size(self.source[self.positions[record.image_id]]["image"])
+
 
 def load_split(dataset_config, tables: ClassTables, split: str) -> HoiSplit:
     """The records and images of `split` ('train' | 'test') as `dataset_config` selects."""

@@ -1,13 +1,18 @@
 """hoiclip-jax: HOICLIP in JAX/Flax.
 
-`hoiclip_jax.load_checkpoint(path) -> (config, params)` and `hoiclip_jax.analysis.Predictor`
-are the analysis API (see hoiclip_jax/eval/analysis.py). They are imported on first use, so that
-`import hoiclip_jax` stays light (no jax, flax or orbax import).
+`hoiclip_jax.load_checkpoint(path) -> (config, params)` and `hoiclip_jax.Predictor` are the
+analysis API (hoiclip_jax/eval/loading.py, hoiclip_jax/eval/predictor.py; both also in
+`hoiclip_jax.analysis`). They are imported on first use, so that `import hoiclip_jax` stays light
+(no jax, flax or orbax import).
+
+The package, each folder importing only the ones before it: `lib` (mesh, checkpoints, run log,
+CLI, config files, box ops) -> `models` (Flax modules, no file IO) -> `weights` (all weight,
+prompt and E_v IO, the initial params) -> `train` and `eval` -> `tools`. See docs/design.md.
 """
 import importlib
 
 __all__ = ["load_checkpoint", "Predictor", "analysis"]
-_LAZY = {"load_checkpoint": "analysis", "Predictor": "analysis"}
+_LAZY = {"load_checkpoint": "eval.loading", "Predictor": "eval.predictor"}
 
 
 def __getattr__(name: str):

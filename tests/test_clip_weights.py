@@ -22,7 +22,10 @@ from hoiclip_jax.lib import config_base as common
 from data_pipeline import class_tables
 from hoiclip_jax.weights import clip as clip_weights
 from hoiclip_jax.models import hoiclip
-from hoiclip_jax.models.clip import ClipSpec, abstract_params, load_pretrained
+from hoiclip_jax.models.clip import ClipSpec, abstract_params
+from hoiclip_jax.weights import classifiers
+from hoiclip_jax.weights import prompts as prompt_files
+from hoiclip_jax.weights.clip import load_pretrained
 from hoiclip_jax.weights.tokenizer import ClipBpeTokenizer, build_tokenizer
 from hoiclip_jax.tools import text_embeddings as text_tool
 from tests import helpers
@@ -207,7 +210,7 @@ def test_init_params_loads_the_folder_and_the_cached_text_embeddings(tmp_path, s
     config, tables = tiny_setup(tmp_path, spec)
     assert isinstance(build_tokenizer(config.model.clip, []), ClipBpeTokenizer)
     model = hoiclip.build_model(config.model, tables)
-    params = hoiclip.init_params(model, jax.random.PRNGKey(0), config, tables)
+    params = classifiers.init_params(model, jax.random.PRNGKey(0), config, tables)
     _, loaded = load_pretrained(FOLDER)
     a, b = flat(params["clip"]), flat(loaded)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -216,25 +219,25 @@ def test_init_params_loads_the_folder_and_the_cached_text_embeddings(tmp_path, s
     out = str(tmp_path / "text.npz")
     text_tool.main(["--clip", FOLDER, "--dataset", "hico", "--out", out,
                     "--class-table", config.dataset.class_table])
-    hoi, obj = clip_weights.load_prompt_embeddings(out, tables, spec.embed_dim)
+    hoi, obj = prompt_files.load_prompt_embeddings(out, tables, spec.embed_dim)
     assert hoi.shape == (5, 16) and obj.shape == (4, 16)
     np.testing.assert_allclose(params["hoi_visual_projection"]["kernel"], hoi.T, atol=1e-5)
     np.testing.assert_allclose(params["obj_visual_projection"]["kernel"], obj.T, atol=1e-5)
 
     # With the file configured, the classifiers come from it (here: a changed copy).
     changed = str(tmp_path / "changed.npz")
-    clip_weights.save_prompt_embeddings(changed, hoi[::-1], obj, tables, FOLDER)
+    prompt_files.save_prompt_embeddings(changed, hoi[::-1], obj, tables, FOLDER)
     config.model.text_embeddings = changed
-    got_hoi, got_obj = hoiclip.prompt_embeddings(model, params, config, tables)
+    got_hoi, got_obj = classifiers.prompt_embeddings(model, params, config, tables)
     np.testing.assert_array_equal(got_hoi, hoi[::-1])
     np.testing.assert_array_equal(got_obj, obj)
-    clip_weights.save_prompt_embeddings(changed, hoi[:, :8], obj[:, :8], tables, FOLDER)
+    prompt_files.save_prompt_embeddings(changed, hoi[:, :8], obj[:, :8], tables, FOLDER)
     with pytest.raises(ValueError, match=r"changed.npz: 'hoi' has shape \(5, 8\), expected "
                                          r"\(5, 16\)"):
-        hoiclip.prompt_embeddings(model, params, config, tables)
+        classifiers.prompt_embeddings(model, params, config, tables)
     config.model.center_text_embeddings = True
     with pytest.raises(ValueError, match="center_text_embeddings"):
-        hoiclip.prompt_embeddings(model, params, config, tables)
+        classifiers.prompt_embeddings(model, params, config, tables)
 
 
 def test_config_sizes_must_match_the_checkpoint(tmp_path, spec):
@@ -248,7 +251,7 @@ def test_text_embedding_tool_on_vcoco_prompts(tmp_path, golden):
     out = str(tmp_path / "vcoco.npz")
     text_tool.main(["--clip", FOLDER, "--dataset", "vcoco", "--out", out])
     tables = class_tables.load_class_tables(mlc.ConfigDict(dict(name="vcoco", class_table="")))
-    hoi, obj = clip_weights.load_prompt_embeddings(out, tables, 16)
+    hoi, obj = prompt_files.load_prompt_embeddings(out, tables, 16)
     assert hoi.shape == (263, 16) and obj.shape == (82, 16)
     np.testing.assert_allclose(np.linalg.norm(hoi, axis=1), 1.0, atol=1e-5)
     assert np.unique(hoi.round(4), axis=0).shape[0] == 263  # every prompt its own embedding

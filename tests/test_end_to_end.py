@@ -10,7 +10,8 @@ import pytest
 import hoiclip_jax
 
 from data_pipeline.synthetic import generate as synthetic
-from hoiclip_jax.eval import analysis, main as evaluate, registry as protocols
+from hoiclip_jax import analysis
+from hoiclip_jax.eval import main as evaluate, scorers
 from hoiclip_jax.lib import checkpoints
 from hoiclip_jax.train import main as train
 from tests import helpers
@@ -73,7 +74,7 @@ def assert_predictor_matches_evaluator(workdir, predictions, evaluator):
     image the evaluator's top-k and its post-processed pairs (same order, same boxes)."""
     config, params = hoiclip_jax.load_checkpoint(workdir)
     predictor = analysis.Predictor(config, params)
-    evaluated = protocols.hico_eval_images(predictions, evaluator.records, config.eval)
+    evaluated = scorers.hico_eval_images(predictions, evaluator.records, config.eval)
     assert len(evaluated) == NUM_TEST
     for record, want, want_eval in zip(evaluator.records, predictions, evaluated):
         got = predictor(evaluator.images(record))

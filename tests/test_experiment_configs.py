@@ -33,7 +33,7 @@ from hoiclip_jax.eval import evaluator as evaluation
 from hoiclip_jax.train import matching, optim, state as state_io, main as train_lib, step as train_step
 from hoiclip_jax.lib import sharding
 from hoiclip_jax.models import hoiclip
-from hoiclip_jax.tools.param_count import load_config
+from hoiclip_jax.lib.config_files import load_config
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import scoring
 from hoiclip_jax.eval.protocols import hico
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
@@ -171,7 +171,7 @@ def test_topk_to_evaluation_end_to_end():
     obj = jnp.array([[[0.7, 0.65, 0.4, 0.5], [0.1, 0.1, 0.1, 0.1]]])
     hoi_logits = jnp.array([[[-3.0, 4.0, -2.0], [-1.0, -1.5, -2.5]]])
     obj_logits = jnp.array([[[-4.0, 3.0, 0.0], [0.0, -3.0, 0.0]]])
-    topk = postprocess.hico_topk(hoi_logits, obj_logits, sub, obj, jnp.array([[100, 200]]),
+    topk = scoring.hico_topk(hoi_logits, obj_logits, sub, obj, jnp.array([[100, 200]]),
                                  jnp.array([0, 1, 1]), k=6)
     topk = {k: np.asarray(v)[0] for k, v in topk.items()}  # one image, as prediction_from_topk
     pred = hico.prediction_from_topk(topk, use_nms=True, nms_threshold=0.7, nms_alpha=1.0,

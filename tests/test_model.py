@@ -18,6 +18,7 @@ from hoiclip_jax.train import optim
 from hoiclip_jax.models import attention, backbone, detr, hoiclip, interaction
 from hoiclip_jax.weights.tokenizer import WordTokenizer, build_tokenizer
 from hoiclip_jax.tools import param_count
+from hoiclip_jax.weights import classifiers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Key/shape table of a real HOICLIP checkpoint (copied from shared/data; facts only, no weights).
@@ -38,7 +39,7 @@ def demo_setup(tmp_path_factory):
     config.dataset.class_table = str(path)
     tables = class_tables.load_class_tables(config.dataset)
     model = hoiclip.build_model(config.model, tables)
-    params = hoiclip.init_params(model, jax.random.PRNGKey(0), config, tables)
+    params = classifiers.init_params(model, jax.random.PRNGKey(0), config, tables)
     return config, tables, model, params
 
 
@@ -273,7 +274,7 @@ def test_fusion_layer_shares_one_cross_attention_and_norm(demo_setup):
     rng = np.random.default_rng(4)
     tgt, clip_tokens, memory = (rng.normal(size=(2, n, 16)).astype(np.float32) for n in (3, 5, 7))
     fusion = interaction.FusionLayer(2, 32, 0.1)
-    variables = fusion.init(jax.random.PRNGKey(0), tgt, clip_tokens, memory, True)
+    variables = fusion.init(jax.random.PRNGKey(0), tgt, clip_tokens, memory, None, True)
     p = variables["params"]
     mha = lambda x, kv: attention.MultiheadAttention(2).apply({"params": p["multihead_attn"]},
                                                                x, kv, kv)
@@ -283,7 +284,7 @@ def test_fusion_layer_shares_one_cross_attention_and_norm(demo_setup):
     t = ln("norm2", t + mha(t, clip_tokens)) + ln("norm2", t + mha(t, memory))
     ffn = np.maximum(t @ p["linear1"]["kernel"] + p["linear1"]["bias"], 0)
     t = ln("norm3", t + ffn @ p["linear2"]["kernel"] + p["linear2"]["bias"])
-    np.testing.assert_allclose(fusion.apply(variables, tgt, clip_tokens, memory, True), t,
+    np.testing.assert_allclose(fusion.apply(variables, tgt, clip_tokens, memory, None, True), t,
                                atol=1e-5)
 
 
@@ -315,6 +316,57 @@ def test_q_inter_variants(demo_setup):
     mix_config.model.q_inter = "max"
     with pytest.raises(ValueError, match="q_inter"):
         hoiclip.build_model(mix_config.model, tables)
+
+
+def test_inter2verb_hidden_width_is_half_the_clip_embedding(demo_setup):
+    """The reference's inter2verb is E -> E/2 -> E/2 -> E (512 -> 256 -> 256 -> 512), whatever
+    DETR's hidden_dim; the demo has E = 64 and hidden_dim = 64, so the two rules differ."""
+    config, _, _, params = demo_setup
+    e = config.model.clip.embed_dim
+    assert config.model.hidden_dim != e // 2
+    shapes = [params["inter2verb"][f"layer{i}"]["kernel"].shape for i in range(3)]
+    assert shapes == [(e, e // 2), (e // 2, e // 2), (e // 2, e)]
+
+
+def test_mask_padded_memory_hides_the_padded_positions(demo_setup):
+    """Off (the reference): the interaction decoder reads every memory position. On: what sits
+    at padded positions cannot change its output; the model passes DETR's key mask."""
+    rng = np.random.default_rng(5)
+    h, o = (rng.normal(size=(2, 3, 16)).astype(np.float32) for _ in range(2))
+    clip_tokens = rng.normal(size=(2, 5, 24)).astype(np.float32)
+    memory = rng.normal(size=(2, 7, 16)).astype(np.float32)
+    mask = np.ones((2, 7), bool)
+    mask[:, 4:] = False
+    changed = memory.copy()
+    changed[:, 4:] += 10.0
+    decoder = interaction.InteractionDecoder(24, 2, 2, 32, 0.0, "mean")
+    variables = decoder.init(jax.random.PRNGKey(0), h, o, memory, clip_tokens)
+    run = lambda m, key_mask: decoder.apply(variables, h, o, m, clip_tokens, True, key_mask)
+    np.testing.assert_allclose(run(memory, mask), run(changed, mask), atol=1e-6)
+    assert np.abs(np.asarray(run(memory, None) - run(changed, None))).max() > 1e-3
+
+    config, tables, _, params = demo_setup
+    image, pixel_mask, clip_image = random_inputs(config, 1, seed=3)
+    pixel_mask = np.asarray(pixel_mask).copy()
+    pixel_mask[:, :, pixel_mask.shape[2] // 2:] = False  # the right half is padding
+
+    def memory_mask_seen(flag):
+        model_config = copy.deepcopy(config.model)
+        model_config.mask_padded_memory = flag
+        seen = []
+
+        def spy(next_fun, args, kwargs, context):
+            if (isinstance(context.module, interaction.InteractionDecoder)
+                    and context.method_name == "__call__"):
+                seen.append(args[5] if len(args) > 5 else kwargs.get("memory_mask"))
+            return next_fun(*args, **kwargs)
+        with nn.intercept_methods(spy):
+            hoiclip.build_model(model_config, tables).apply({"params": params}, image,
+                                                            pixel_mask, clip_image)
+        return seen[0]
+    assert memory_mask_seen(False) is None
+    seen = np.asarray(memory_mask_seen(True))
+    assert seen.shape[0] == 1 and seen.any() and not seen.all()
 
 
 def test_encoder_input_pos_adds_positions_to_the_encoder_input(demo_setup):

@@ -137,7 +137,8 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
         node[field] = value
     tables = class_tables.load_class_tables(config.dataset)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    restore = lambda workdir, step: state_io.restore_params(workdir, config, tables, mesh, step)[1]
+    restore = lambda workdir, step: state_io.restore_params(
+        workdir, config, tables, sharding.replicated(mesh), step)[1]
     for step in (1, 2):  # a checkpoint after every step
         params_one, params_two = restore(one, step), restore(two, step)
         assert jax.tree.structure(params_one) == jax.tree.structure(params_two)

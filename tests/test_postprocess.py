@@ -1,4 +1,4 @@
-"""Tests of hoiclip_jax/eval/postprocess.py: HICO top-k triplets (§7.1) and triplet NMS."""
+"""Tests of hoiclip_jax/eval/scoring.py and nms.py: HICO top-k triplets (§7.1) and triplet NMS."""
 import json
 import math
 import pathlib
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import nms, scoring
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25
@@ -28,7 +28,7 @@ def _topk_inputs():
 
 
 def test_hico_topk_scores_ids_and_pixel_boxes():
-    out = postprocess.hico_topk(*_topk_inputs(), k=4)
+    out = scoring.hico_topk(*_topk_inputs(), k=4)
     # Image 0 by hand: sigmoid(hoi) + sigmoid(obj)[hoi_to_obj]**2 (a sum, not a product):
     # q0: [0.5 + 0.25, 0.75 + 0.5625, 0.25 + 0.5625]; q1: [0.5 + 0.0625, 0.25 + 0.25, 0.75 + 0.25].
     np.testing.assert_allclose(out["scores"], [[1.3125, 1.0, 0.8125, 0.75]] * 2, atol=1e-6)
@@ -47,12 +47,12 @@ def test_hico_topk_scores_ids_and_pixel_boxes():
 
 def test_hico_topk_ignores_no_object_logit_and_checks_k():
     hoi, obj, sub, objb, size, h2o = _topk_inputs()
-    base = postprocess.hico_topk(hoi, obj, sub, objb, size, h2o, k=6)
-    changed = postprocess.hico_topk(hoi, obj.at[..., -1].set(-30.0), sub, objb, size, h2o, k=6)
+    base = scoring.hico_topk(hoi, obj, sub, objb, size, h2o, k=6)
+    changed = scoring.hico_topk(hoi, obj.at[..., -1].set(-30.0), sub, objb, size, h2o, k=6)
     for key in base:
         np.testing.assert_array_equal(base[key], changed[key])
     with pytest.raises(ValueError, match="k=7"):
-        postprocess.hico_topk(hoi, obj, sub, objb, size, h2o, k=7)
+        scoring.hico_topk(hoi, obj, sub, objb, size, h2o, k=7)
 
 
 def _reference_nms(sub, obj, cls, scores, threshold, alpha, beta):
@@ -66,8 +66,8 @@ def _reference_nms(sub, obj, cls, scores, threshold, alpha, beta):
             keep.append(int(i))
             survivors = []
             for j in rest:
-                ovr = (postprocess.nms_iou(sub[[i]], sub[[j]])[0] ** alpha
-                       * postprocess.nms_iou(obj[[i]], obj[[j]])[0] ** beta)
+                ovr = (nms.nms_iou(sub[[i]], sub[[j]])[0] ** alpha
+                       * nms.nms_iou(obj[[i]], obj[[j]])[0] ** beta)
                 if ovr <= threshold:
                     survivors.append(j)
             order = survivors
@@ -90,7 +90,7 @@ def test_triplet_nms_matches_slow_oracle_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(20):
         sub, obj, cls, scores = _random_triplets(rng, 40, 4)
-        got = postprocess.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5)
+        got = nms.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5)
         assert got.tolist() == _reference_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5)
         assert len(got) < 40  # the data is made to suppress something
 
@@ -100,15 +100,15 @@ def test_triplet_nms_batch_equals_per_image_and_chunking(monkeypatch):
     images = [_random_triplets(rng, int(n), 3) for n in (30, 1, 0, 45)]
     expected, offset = [], 0
     for sub, obj, cls, scores in images:
-        expected += (postprocess.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5)
+        expected += (nms.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5)
                      + offset).tolist()
         offset += len(scores)
     flat = [np.concatenate(parts) for parts in zip(*images)]
     image_ids = np.repeat(np.arange(4), [len(im[3]) for im in images])
-    got = postprocess.triplet_nms_batch(image_ids, *flat, 0.7, 1.0, 0.5)
+    got = nms.triplet_nms_batch(image_ids, *flat, 0.7, 1.0, 0.5)
     assert got.tolist() == expected
-    monkeypatch.setattr(postprocess, "_MAX_PAIRS_PER_CHUNK", 50)
-    assert postprocess.triplet_nms_batch(image_ids, *flat, 0.7, 1.0, 0.5).tolist() == expected
+    monkeypatch.setattr(nms, "_MAX_PAIRS_PER_CHUNK", 50)
+    assert nms.triplet_nms_batch(image_ids, *flat, 0.7, 1.0, 0.5).tolist() == expected
 
 
 def test_triplet_nms_hand_case_greedy_chain_classes_and_order():
@@ -119,7 +119,7 @@ def test_triplet_nms_hand_case_greedy_chain_classes_and_order():
     sub = np.array([c, a, a, b], float)  # index 1 is class 2 (never suppressed by class 1)
     cls = np.array([1, 2, 1, 1])
     scores = np.array([0.7, 0.95, 0.9, 0.8])
-    keep = postprocess.triplet_nms(sub, np.array(obj, float), cls, scores, 0.7, 1.0, 0.5)
+    keep = nms.triplet_nms(sub, np.array(obj, float), cls, scores, 0.7, 1.0, 0.5)
     # Class 1 first (it appears first), in NMS order A, C; then class 2.
     assert keep.tolist() == [2, 0, 1]
 
@@ -130,12 +130,12 @@ def test_triplet_nms_overlap_formula_and_strict_threshold():
     sub = np.array([box, [0, 0, 9, 8]], float)
     obj = np.array([box, [0, 0, 7, 7]], float)
     cls, scores = np.array([3, 3]), np.array([0.6, 0.5])
-    assert postprocess.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5).tolist() == [0]
-    assert postprocess.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 1.0).tolist() == [0, 1]
+    assert nms.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 0.5).tolist() == [0]
+    assert nms.triplet_nms(sub, obj, cls, scores, 0.7, 1.0, 1.0).tolist() == [0, 1]
     # Suppression needs overlap > threshold: IoU_sub exactly 0.5 with beta 0 is kept at 0.5.
     sub = np.array([box, [0, 0, 9, 4]], float)
-    assert postprocess.triplet_nms(sub, obj, cls, scores, 0.5, 1.0, 0.0).tolist() == [0, 1]
-    assert postprocess.triplet_nms(sub, obj, cls, scores, 0.49, 1.0, 0.0).tolist() == [0]
+    assert nms.triplet_nms(sub, obj, cls, scores, 0.5, 1.0, 0.0).tolist() == [0, 1]
+    assert nms.triplet_nms(sub, obj, cls, scores, 0.49, 1.0, 0.0).tolist() == [0]
 
 
 def test_triplet_nms_reference_quirks():
@@ -143,29 +143,29 @@ def test_triplet_nms_reference_quirks():
     cls = np.array([0, 0])
     # Equal scores: the later index comes first (argsort()[::-1]) and suppresses the earlier.
     sub = np.array([[0, 0, 9, 9]] * 2, float)
-    assert postprocess.triplet_nms(sub, obj, cls, np.array([0.5, 0.5]), 0.7, 1, 0.5).tolist() \
+    assert nms.triplet_nms(sub, obj, cls, np.array([0.5, 0.5]), 0.7, 1, 0.5).tolist() \
         == [1]
     # The NMS IoU clamps instead of testing overlap strictly: two 0.1-px wide boxes that only
     # touch get IoU 11 / 13.2 = 0.83 and are suppressed (the evaluator's IoU would be 0).
     sub = np.array([[0, 0, 0.1, 10], [0.1, 0, 0.2, 10]])
-    assert postprocess.nms_iou(sub[:1], sub[1:])[0] == pytest.approx(11 / 13.2)
-    assert postprocess.triplet_nms(sub, obj, cls, np.array([0.9, 0.8]), 0.7, 1, 0.5).tolist() \
+    assert nms.nms_iou(sub[:1], sub[1:])[0] == pytest.approx(11 / 13.2)
+    assert nms.triplet_nms(sub, obj, cls, np.array([0.9, 0.8]), 0.7, 1, 0.5).tolist() \
         == [0]
     # A zero union gives a NaN overlap, which the reference treats as "not <= threshold".
     sub = np.array([[0, 0, -1, -1]] * 2, float)
-    assert np.isnan(postprocess.nms_iou(sub[:1], sub[1:])[0])
-    assert postprocess.triplet_nms(sub, obj, cls, np.array([0.9, 0.8]), 0.7, 1, 0.5).tolist() \
+    assert np.isnan(nms.nms_iou(sub[:1], sub[1:])[0])
+    assert nms.triplet_nms(sub, obj, cls, np.array([0.9, 0.8]), 0.7, 1, 0.5).tolist() \
         == [0]
 
 
 def test_triplet_nms_rejects_bad_inputs():
     box = np.zeros((2, 4))
     with pytest.raises(ValueError, match="'hoi_ids' has 1 rows"):
-        postprocess.triplet_nms(box, box, np.array([0]), np.array([0.1, 0.2]), 0.7, 1, 0.5)
+        nms.triplet_nms(box, box, np.array([0]), np.array([0.1, 0.2]), 0.7, 1, 0.5)
     with pytest.raises(ValueError, match="'scores' has a non-finite value at index 1"):
-        postprocess.triplet_nms(box, box, np.array([0, 0]), np.array([0.1, np.nan]), 0.7, 1, 0.5)
+        nms.triplet_nms(box, box, np.array([0, 0]), np.array([0.1, np.nan]), 0.7, 1, 0.5)
     with pytest.raises(ValueError, match="non-decreasing"):
-        postprocess.triplet_nms_batch(np.array([1, 0]), box, box, np.array([0, 0]),
+        nms.triplet_nms_batch(np.array([1, 0]), box, box, np.array([0, 0]),
                                       np.array([0.1, 0.2]), 0.7, 1, 0.5)
 
 
@@ -176,7 +176,7 @@ def test_triplet_nms_reproduces_fixture_keep_lists(name):
     for image in fixture["images"]:
         boxes = np.array(image["pred_boxes"])
         hois = np.array(image["pred_hois"])
-        keep = postprocess.triplet_nms(boxes[hois[:, 0].astype(int)], boxes[hois[:, 1].astype(int)],
+        keep = nms.triplet_nms(boxes[hois[:, 0].astype(int)], boxes[hois[:, 1].astype(int)],
                                        hois[:, 2].astype(int), hois[:, 3], config["thres_nms"],
                                        config["nms_alpha"], config["nms_beta"])
         assert keep.tolist() == image["nms_keep"], image["filename"]

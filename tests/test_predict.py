@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+import types
 import zipfile
 
 import flax.traverse_util as traverse_util
@@ -21,13 +22,15 @@ import hoiclip_jax
 from data_pipeline import class_tables, loader
 from tests import fake_layout
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax.eval import analysis, evaluator as evaluation, predict_cli as predict, registry as protocols, visualize
+from hoiclip_jax import analysis
+from hoiclip_jax.eval import inference, loading, scorers, visualize
+from hoiclip_jax.eval import predict_cli as predict
 from hoiclip_jax.lib import checkpoints, sharding
 from hoiclip_jax.train import optim
 from hoiclip_jax.eval.protocols import hico as hico_metrics
 from hoiclip_jax.eval.protocols import vcoco as vcoco_metrics
 from hoiclip_jax.models import hoiclip
-from hoiclip_jax.tools.param_count import load_config
+from hoiclip_jax.lib.config_files import load_config
 from hoiclip_jax.weights import detr_import, hoiclip_import
 from tests import helpers, param_fill
 
@@ -80,7 +83,7 @@ def test_import_stays_light_and_exports_load_checkpoint():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "hoiclip_jax.analysis"
+    assert result.stdout.strip() == "hoiclip_jax.eval.loading"
 
 
 def test_load_checkpoint_restores_onto_one_device(run):
@@ -119,17 +122,17 @@ def test_load_checkpoint_errors_name_the_problem(run, tmp_path):
     saved = json.loads(open(os.path.join(workdir, checkpoints.CONFIG_FILE)).read())
     del saved["eval"]["nms_beta"]
     (old / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
-    with pytest.raises(analysis.ConfigFieldsError, match=r"eval\.nms_beta"):
+    with pytest.raises(loading.ConfigFieldsError, match=r"eval\.nms_beta"):
         analysis.load_checkpoint(str(old))
 
 
 def evaluator_topk(config, tables, params, image_dir: str, names: list[str],
                    correct_mat=None) -> list[dict]:
-    """Top-k of `evaluation.make_predict_fn` on the 4-device mesh, through the eval loader
+    """Top-k of `inference.make_predict_fn` on the 4-device mesh, through the eval loader
     (V-COCO's top-k when `correct_mat` is given)."""
     mesh = sharding.make_mesh()
     model = hoiclip.build_model(config.model, tables)
-    predict_fn = evaluation.make_predict_fn(model, tables, config.eval.max_hois, mesh,
+    predict_fn = inference.make_predict_fn(model, tables, config.eval.max_hois, mesh,
                                             correct_mat=correct_mat)
     empty = lambda: (np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
                      np.zeros((0, 4), np.int32))
@@ -142,6 +145,64 @@ def evaluator_topk(config, tables, params, image_dir: str, names: list[str],
         out = jax.device_get(predict_fn(replicated, sharding.put_batch(batch, mesh)))
         results += [{k: v[i] for k, v in out.items()} for i in np.flatnonzero(mask)]
     return results
+
+
+def test_predictor_equals_the_evaluator_with_buckets(run):
+    """With `dataset.buckets`, the evaluator predicts each image at the smallest bucket that
+    holds it alone (not the batch's), as `Predictor` does: the same top-k, whatever batch the
+    image is in. The three images need three different canvases; one batch holds them all."""
+    config, tables, _, params, images = run
+    config = config.copy_and_resolve_references()
+    config.dataset.buckets = ((64, 48), (48, 64))
+    config.eval.batch_size = 4
+    image_dir = os.path.dirname(images[0])
+    records = [HoiRecord(os.path.basename(p), i, np.zeros((0, 4), np.float32),
+                         np.zeros(0, np.int32), np.zeros((0, 4), np.int32))
+               for i, p in enumerate(images)]
+    folder = loader.FolderImages(image_dir)
+    groups = inference.bucket_groups(records, folder, config.dataset)
+    assert groups == [[0], [1], [2]]  # (64, 48), (48, 64), the 64x64 canvas
+    mesh = sharding.make_mesh()
+    model = hoiclip.build_model(config.model, tables)
+    predict_fn = inference.make_predict_fn(model, tables, config.eval.max_hois, mesh)
+    split = types.SimpleNamespace(records=records, images=folder)
+    expected = inference.predict_dataset(predict_fn, sharding.put_replicated(params, mesh),
+                                         split, tables, config, mesh)
+    predictor = analysis.Predictor(config, params)
+    for path, want in zip(images, expected):
+        got = predictor(path)
+        for key in ("hoi_ids", "query_ids"):
+            np.testing.assert_array_equal(got.topk[key], want[key], err_msg=key)
+        for key in ("scores", "sub_xyxy", "obj_xyxy"):
+            np.testing.assert_allclose(got.topk[key], want[key], rtol=1e-5, atol=1e-4,
+                                       err_msg=key)
+
+
+def test_predictor_applies_the_configs_tfe(run):
+    """`predict` and `Predictor` rank with TFE k = the first of `eval.tfe_k`, as the
+    evaluator's TFE row; tfe_k=0 gives the plain row."""
+    config, tables, _, params, images = run
+    config = config.copy_and_resolve_references()
+    config.eval.tfe_k = (3,)
+    mesh = sharding.make_mesh()
+    model = hoiclip.build_model(config.model, tables)
+    predict_fn = inference.make_predict_fn(model, tables, config.eval.max_hois, mesh,
+                                           tfe_k=(3,))
+    records = [HoiRecord(os.path.basename(images[0]), 0, np.zeros((0, 4), np.float32),
+                         np.zeros(0, np.int32), np.zeros((0, 4), np.int32))]
+    split = types.SimpleNamespace(records=records,
+                                  images=loader.FolderImages(os.path.dirname(images[0])))
+    out = inference.predict_dataset(predict_fn, sharding.put_replicated(params, mesh), split,
+                                    tables, config, mesh)
+    for k, predictor in ((3, analysis.Predictor(config, params)),
+                         (0, analysis.Predictor(config, params, tfe_k=0))):
+        want, = inference.select_variant(out, k)
+        got = predictor(images[0])
+        np.testing.assert_array_equal(got.topk["hoi_ids"], want["hoi_ids"], err_msg=str(k))
+        np.testing.assert_allclose(got.topk["scores"], want["scores"], rtol=1e-5, atol=1e-5)
+    plain, = inference.select_variant(out, 0)
+    enhanced, = inference.select_variant(out, 3)
+    assert not np.allclose(plain["scores"], enhanced["scores"])  # TFE moved the scores
 
 
 def test_predictor_gives_the_evaluators_triplets(run):
@@ -403,7 +464,7 @@ def test_a_partial_weight_file_is_loaded_over_the_initial_params(run, tmp_path, 
     # config the fallback initialises from instead: its `pretrained` is the file, which
     # `state_io.initial_params` then loads over the initial params (tested in test_weights_import).
     seen = []
-    monkeypatch.setattr(analysis.state_io, "initial_params",
+    monkeypatch.setattr(loading.state_io, "initial_params",
                         lambda cfg, tables: seen.append(cfg) or (None, params))
     _, loaded = analysis.load_checkpoint(pth, config)
     assert len(seen) == 1 and seen[0].model.pretrained == pth
@@ -422,7 +483,7 @@ def test_vcoco_predictor_ranks_verb_roles_as_the_vcoco_evaluator(tmp_path):
     tables = class_tables.load_class_tables(config.dataset)
     _, _, state = param_fill.filled_state(config, tables, seed=5)
     params = jax.device_get(optim.merge_params(state["trainable"], state["frozen"]))
-    correct_mat = protocols.vcoco_correct_mat(config, tables)
+    correct_mat = scorers.vcoco_correct_mat(config, tables)
     image_dir = os.path.join(root, "images", "val2014")
     names = sorted(os.listdir(image_dir))[:3]
     expected = evaluator_topk(config, tables, params, image_dir, names, correct_mat)

@@ -71,7 +71,7 @@ def wait_for(condition, timeout_s: float = 30.0) -> None:
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
     from orbax.checkpoint._src.handlers import json_checkpoint_handler
-    from hoiclip_jax import checkpoints
+    from hoiclip_jax.lib import checkpoints
     from tests.test_robust_checkpoints import small_state
     workdir = sys.argv[1]
     ckpt = checkpoints.Checkpointer(workdir, keep=3)

@@ -50,7 +50,7 @@ def test_a_missing_config_is_named_and_predict_checks_its_overrides(tmp_path):
 # overrides pass and are applied (run as a script, it costs no jax import).
 PRINT_CONFIG = """
 from absl import app
-from hoiclip_jax import cli
+from hoiclip_jax.lib import cli
 holder = cli.define_config_flag()
 app.run(lambda argv: print(holder.value.dataset.canvas, holder.value.optim.lr,
                            holder.value.dataset.buckets, holder.value.train.num_epochs))
@@ -111,18 +111,21 @@ def test_section_overrides_are_accepted():
 
 
 def test_config_of_an_older_run_gets_the_added_fields(tmp_path):
-    """A config.json written before `model.remat`, `train.microbatches` and `matcher.backend`
-    existed reads back with the values that reproduce that run (and a log line)."""
+    """A config.json written before the fields of `checkpoints.ADDED_FIELDS` existed reads back
+    with the values that reproduce that run (and a log line)."""
     import json
 
     from configs import demo
     from hoiclip_jax.lib import checkpoints
     config = demo.get_config()
     old = json.loads(config.to_json_best_effort())
-    del old["model"]["remat"], old["train"]["microbatches"], old["matcher"]["backend"]
+    for dotted in checkpoints.ADDED_FIELDS:
+        *section, field = dotted.split(".")
+        del (old[section[0]] if section else old)[field]
     (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(old))
     read = checkpoints.read_config(str(tmp_path))
-    assert (read.model.remat, read.train.microbatches, read.matcher.backend) == (
-            "none", 1, "scipy")
-    assert set(checkpoints.ADDED_FIELDS) == {"model.remat", "train.microbatches",
-                                             "matcher.backend"}
+    for dotted, value in checkpoints.ADDED_FIELDS.items():
+        *section, field = dotted.split(".")
+        assert (read[section[0]] if section else read)[field] == value, dotted
+    assert {"model.remat", "train.microbatches", "matcher.backend",
+            "model.mask_padded_memory", "allow_stand_ins"} <= set(checkpoints.ADDED_FIELDS)

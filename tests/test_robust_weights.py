@@ -7,7 +7,7 @@ import flax.serialization
 import numpy as np
 import pytest
 
-from hoiclip_jax import weights
+from hoiclip_jax.weights import pretrained
 from hoiclip_jax.weights import mapping
 
 TARGET = {"encoder/layer0/linear1/kernel": ((4, 8), np.dtype(np.float32)),
@@ -55,7 +55,7 @@ def test_params_file_of_another_model_lists_names_and_loads_nothing(tmp_path):
     path.write_bytes(flax.serialization.msgpack_serialize(other))
     config = types.SimpleNamespace(model=types.SimpleNamespace(num_queries=4))
     with pytest.raises(ValueError) as error:
-        weights.load_pretrained(str(path), params, config, tables=None)
+        pretrained.load_pretrained(str(path), params, config, tables=None)
     message = str(error.value)
     assert "imported params do not fit this model" in message
     assert "not in the model (2): encoder/layer5/kernel, verb_head/bias" in message
@@ -74,4 +74,4 @@ def test_state_dict_of_an_unknown_model_names_its_keys():
     state = {"fc.weight": np.zeros((10, 4)), "conv1.weight": np.zeros((3, 3, 1, 1))}
     with pytest.raises(ValueError, match=r"neither a DETR .* nor a HOICLIP .* first keys: "
                                          r"\['fc.weight', 'conv1.weight'\]"):
-        weights.checkpoint_kind(state)
+        pretrained.checkpoint_kind(state)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hoiclip_jax.eval import evaluator as evaluation, postprocess, tfe
+from hoiclip_jax.eval import inference, scoring, tfe
 
 
 def _normalised(rng, *shape):
@@ -38,7 +38,7 @@ def test_bonus_is_added_before_the_object_term_of_every_query():
     boxes = rng.uniform(0.2, 0.6, (b, n, 4))
     hoi_to_obj = np.array([0, 1, 1, 2, 3])
     bonus = rng.uniform(0.5, 0.6, (b, k_hois))
-    out = postprocess.hico_topk(*(jnp.asarray(x, jnp.float32) for x in (
+    out = scoring.hico_topk(*(jnp.asarray(x, jnp.float32) for x in (
         hoi_logits, obj_logits, boxes, boxes)), jnp.full((b, 2), 100), jnp.asarray(hoi_to_obj),
         k=4, hoi_bonus=jnp.asarray(bonus, jnp.float32))
     sig = lambda x: 1 / (1 + np.exp(-x))
@@ -56,12 +56,12 @@ def test_select_variant_renames_the_ranked_keys_and_keeps_the_boxes():
          "sub_xyxy": np.zeros((1, 4)), "obj_xyxy": np.ones((1, 4)),
          "scores@tfe10": np.array([4.0]), "hoi_ids@tfe10": np.array([2]),
          "query_ids@tfe10": np.array([0])}
-    base, = evaluation.select_variant([p], 0)
+    base, = inference.select_variant([p], 0)
     assert sorted(base) == ["hoi_ids", "obj_xyxy", "query_ids", "scores", "sub_xyxy"]
     assert base["scores"][0] == 3.0
-    enhanced, = evaluation.select_variant([p], 10)
+    enhanced, = inference.select_variant([p], 10)
     assert sorted(enhanced) == sorted(base)
     assert (enhanced["scores"][0], enhanced["hoi_ids"][0]) == (4.0, 2)
     assert enhanced["obj_xyxy"] is p["obj_xyxy"]
     with pytest.raises(KeyError, match="k=20"):
-        evaluation.select_variant([p], 20)
+        inference.select_variant([p], 20)

@@ -1,5 +1,5 @@
 """Tests of the V-COCO evaluation: the python proxy (metrics/vcoco.py) against the reference
-fixture and its quirks, `postprocess.vcoco_topk`, and the official role AP
+fixture and its quirks, `scoring.vcoco_topk`, and the official role AP
 (metrics/vcoco_official.py) on hand-computed cases."""
 import json
 import math
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import class_tables
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import scoring
 from hoiclip_jax.eval.protocols import vcoco, vcoco_official
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vcoco_eval" / "v1_default.json"
@@ -157,10 +157,10 @@ def test_vcoco_topk_matches_direct_numpy():
     sub = rng.uniform(0.2, 0.6, (batch, queries, 4)).astype(np.float32)
     objb = rng.uniform(0.2, 0.6, (batch, queries, 4)).astype(np.float32)
     size = np.array([[480, 640], [300, 200]])
-    correct = postprocess.vcoco_correct_mat(TABLES.hoi_to_verb, TABLES.hoi_to_obj,
+    correct = scoring.vcoco_correct_mat(TABLES.hoi_to_verb, TABLES.hoi_to_obj,
                                             TABLES.num_verbs, TABLES.num_objects + 1)
     k = queries * TABLES.num_verbs
-    out = postprocess.vcoco_topk(jnp.asarray(hoi), jnp.asarray(obj), sub, objb, size,
+    out = scoring.vcoco_topk(jnp.asarray(hoi), jnp.asarray(obj), sub, objb, size,
                                  TABLES.hoi_to_obj, TABLES.hoi_to_verb, correct, k=k)
     want, labels = _numpy_vcoco_scores(hoi, obj, correct)
     assert labels[0, 0] != 81 and labels[0, 1] == 80 and labels[1, 2] == 3
@@ -174,11 +174,11 @@ def test_vcoco_topk_matches_direct_numpy():
     scale = np.array([[640, 480, 640, 480], [200, 300, 200, 300]])[:, None]
     np.testing.assert_allclose(out["sub_xyxy"], np.stack(
         [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale, rtol=1e-5)
-    top = postprocess.vcoco_topk(jnp.asarray(hoi), jnp.asarray(obj), sub, objb, size,
+    top = scoring.vcoco_topk(jnp.asarray(hoi), jnp.asarray(obj), sub, objb, size,
                                  TABLES.hoi_to_obj, TABLES.hoi_to_verb, correct, k=5)
     np.testing.assert_array_equal(top["verb_ids"], out["verb_ids"][:, :5])
     with pytest.raises(ValueError, match="k=175"):
-        postprocess.vcoco_topk(hoi, obj, sub, objb, size, TABLES.hoi_to_obj,
+        scoring.vcoco_topk(hoi, obj, sub, objb, size, TABLES.hoi_to_obj,
                                TABLES.hoi_to_verb, correct, k=175)
     # predictions_from_topk: subjects then objects, subject labels 0, ids q and N + q.
     pred = vcoco.predictions_from_topk({k: np.asarray(v) for k, v in top.items()})[1]

@@ -287,7 +287,7 @@ def test_cli_writes_the_file_the_model_loads(data, expected, tmp_path):
     model_config = data.config.model.copy_and_resolve_references()
     model_config.verb_features = out
     hoi_text = np.zeros((data.tables.num_hois, written.shape[1]), np.float32)
-    loaded = hoiclip.verb_embeddings(model_config, data.tables, hoi_text)
+    loaded = ev.verb_embeddings(model_config, data.tables, hoi_text)
     np.testing.assert_array_equal(np.asarray(loaded), written)
     with pytest.raises(ValueError, match="name a .npy file"):
         tool.main(["--config", str(config_file), "--method", "seed", "--out",

@@ -22,8 +22,8 @@ from data_pipeline import class_tables
 from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.attention import MultiheadAttention
 from hoiclip_jax.tools import import_weights
-from hoiclip_jax.weights import (detr_import, hoiclip_import, load_pretrained, mapping,
-                                 torch_pickle)
+from hoiclip_jax.weights.pretrained import load_pretrained
+from hoiclip_jax.weights import detr_import, hoiclip_import, mapping, torch_pickle
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 PTH = os.path.join(FIXTURES, "pth")

@@ -17,9 +17,9 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
-from data_pipeline import class_tables
+from data_pipeline import class_tables, required_files
 from hoiclip_jax.lib import checkpoints, cli, sharding
-from hoiclip_jax.eval import evaluator as evaluation, registry as protocols, visualize
+from hoiclip_jax.eval import evaluator as evaluation, inference, registry, scorers, visualize
 from hoiclip_jax.train import state as state_io
 from hoiclip_jax.eval.protocols import hico_export
 
@@ -33,7 +33,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Run folder written by hoiclip_jax.train.", required=True)
     flags.DEFINE_string("checkpoint", None, "Step to evaluate, or 'best' (default: latest).")
     flags.DEFINE_bool("untrained", False, "Evaluate the model at initialisation.")
-    flags.DEFINE_enum("protocol", None, ["python", "official", "vcoco"],
+    flags.DEFINE_enum("protocol", None, list(registry.PROTOCOLS),
                       "Evaluation protocol (default: python for HICO-Det, vcoco for V-COCO).")
     flags.DEFINE_list("tfe_k", None, "TFE top-k values, e.g. 10,20,30 (default: eval.tfe_k; "
                       "0 alone: no TFE).")
@@ -65,12 +65,14 @@ def restore(config, workdir: str, checkpoint: Optional[str], untrained: bool, ta
         model, params = state_io.initial_params(config, tables)
         label = "untrained"
     elif checkpoint == "best":
-        model, params, step = state_io.restore_params(workdir, config, tables, mesh,
+        model, params, step = state_io.restore_params(workdir, config, tables,
+                                                      sharding.replicated(mesh),
                                                       subdir=checkpoints.BEST_DIR)
         label = f"best (step {step})"
     else:
         step = None if checkpoint is None else _step(checkpoint)
-        model, params, step = state_io.restore_params(workdir, config, tables, mesh, step)
+        model, params, step = state_io.restore_params(workdir, config, tables,
+                                                      sharding.replicated(mesh), step)
         label = f"step {step}"
     return model, sharding.put_replicated(params, mesh), label
 
@@ -85,6 +87,7 @@ def _step(text: str) -> int:
 def run(config, workdir: str, checkpoint: Optional[str], untrained: bool,
         protocol: Optional[str] = None):
     """Evaluates; returns (metrics dict, predictions, evaluator, report)."""
+    config = required_files.resolve(config)
     mesh = sharding.make_mesh()
     tables = class_tables.load_class_tables(config.dataset)
     model, params, label = restore(config, workdir, checkpoint, untrained, tables, mesh)
@@ -98,7 +101,7 @@ def run(config, workdir: str, checkpoint: Optional[str], untrained: bool,
 def save_predictions(predictions: list[dict], records, path: str) -> str:
     """The per-image top-k of every TFE variant, stacked, with the file names (.npz)."""
     stacked = {k.replace("@", "_"): v
-               for k, v in protocols.stack_predictions(predictions).items()}
+               for k, v in scorers.stack_predictions(predictions).items()}
     np.savez_compressed(path, file_names=np.array([r.file_name for r in records]), **stacked)
     return path
 
@@ -127,8 +130,8 @@ def export_mat(predictions, evaluator, folder: str) -> list[str]:
     """ho-rcnn's detections_XX.mat files of the first (no-TFE) predictions."""
     if evaluator.config.dataset.name != "hico":
         raise ValueError("--export_mat is for HICO-Det")
-    images = protocols.hico_eval_images(evaluation.select_variant(predictions, 0),
-                                        evaluator.records, evaluator.config.eval)
+    images = scorers.hico_eval_images(inference.select_variant(predictions, 0),
+                                      evaluator.records, evaluator.config.eval)
     by_name = {r.file_name: image for r, image in zip(evaluator.records, images)}
     names = [r.file_name for r in evaluator.records]
     return hico_export.export_predictions(by_name, names, folder,
@@ -171,7 +174,3 @@ def main(argv):
         files = export_mat(predictions, evaluator, FLAGS.export_mat)
         print(f"{len(files)} detections_XX.mat files in {FLAGS.export_mat}")
 
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

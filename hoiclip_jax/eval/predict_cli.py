@@ -77,17 +77,17 @@ def format_prediction(name: str, prediction, top: int) -> str:
 
 def run(path: str, config, images: list[str], out_dir: str, top: int = 10, draw: int = 3,
         step=None, device=None) -> list[tuple[str, object, str]]:
-    """Loads the model at `path` (see `analysis.load_checkpoint`), predicts, prints, draws.
+    """Loads the model at `path` (see `loading.load_checkpoint`), predicts, prints, draws.
 
     Returns:
-      (image path, analysis.Prediction, PNG path) per image.
+      (image path, predictor.Prediction, PNG path) per image.
     """
-    from hoiclip_jax.eval import analysis, visualize
-    config, params = analysis.load_checkpoint(path, config, step=step, device=device)
-    predictor = analysis.Predictor(config, params)
+    from hoiclip_jax.eval import loading, predictor as predictor_lib, visualize
+    config, params = loading.load_checkpoint(path, config, step=step, device=device)
+    predictor = predictor_lib.Predictor(config, params)
     results = []
     for image_path, png in zip(images, picture_paths(images, out_dir)):
-        image = analysis.load_image(image_path)
+        image = predictor_lib.load_image(image_path)
         prediction = predictor(image)
         visualize.save_picture(draw_prediction(image, prediction, draw), png)
         print(format_prediction(image_path, prediction, top))
@@ -114,15 +114,11 @@ def main(argv):
     if FLAGS.cpu:
         import jax
         device = jax.devices("cpu")[0]
-    from hoiclip_jax.eval import analysis
+    from hoiclip_jax.eval import loading
     from hoiclip_jax.lib import checkpoints
     try:
         run(path, FLAGS.config, images, out_dir, FLAGS.top, FLAGS.draw, FLAGS.step, device)
-    except (FileNotFoundError, checkpoints.CheckpointError, analysis.ConfigFieldsError) as e:
+    except (FileNotFoundError, checkpoints.CheckpointError, loading.ConfigFieldsError) as e:
         logging.error("%s", e)
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

@@ -255,6 +255,8 @@ ADDED_FIELDS = {
         "model.remat": "none",
         "train.microbatches": 1,
         "matcher.backend": "scipy",
+        "model.mask_padded_memory": False,
+        "allow_stand_ins": True,  # older runs fell back to the stand-ins with a log line
 }
 
 
@@ -269,9 +271,10 @@ def read_config(workdir: str):
         config = ml_collections.ConfigDict(json.load(f))
     filled = []
     for dotted, value in ADDED_FIELDS.items():
-        section, field = dotted.split(".")
-        if section in config and field not in config[section]:
-            config[section][field] = value
+        *section, field = dotted.split(".")
+        node = config[section[0]] if section and section[0] in config else config
+        if (not section or section[0] in config) and field not in node:
+            node[field] = value
             filled.append(f"{dotted}={value!r}")
     if filled:
         logging.info("%s predates %s: set to the behaviour it was written with", path,

@@ -6,8 +6,8 @@ pre_layrnorm (sic), encoder/layers/{i}, post_layernorm}`, `visual_projection`, `
 `flax_model.msgpack` loads without renaming. Both towers are pre-LN transformers with QuickGELU
 and LayerNorm eps 1e-5; the text tower is causal and pools at the EOT token (the largest id).
 
-Pretrained weights: `load_pretrained(folder)` reads a Hugging Face CLIP model folder (config.json
-plus flax_model.msgpack or model.safetensors; see weights/clip.py).
+Pretrained weights: `hoiclip_jax.weights.clip.load_pretrained(folder)` reads a Hugging Face CLIP
+model folder (config.json plus flax_model.msgpack or model.safetensors).
 
 Random init (the demo's CLIP; replaced by pretrained weights when they are configured) follows
 `CLIPPreTrainedModel._init_weights` of transformers with factor 1: normal embeddings (std 0.02,
@@ -258,27 +258,3 @@ def abstract_params(spec: ClipSpec) -> dict:
     tokens = jnp.zeros((1, spec.context_length), jnp.int32)
     init = lambda rng: CLIP(spec, 0.0).init(rng, pixels, tokens)["params"]
     return jax.eval_shape(init, jax.random.PRNGKey(0))
-
-
-def load_pretrained(path: str, image_size: int | None = None, source: str = "auto",
-                    dtype: Any = jnp.float32):
-    """CLIP from a Hugging Face model folder.
-
-        model, params = load_pretrained("weights/clip-vit-base-patch32")
-        embeds, tokens = model.apply({"params": params}, pixels, method="encode_image")
-
-    Args:
-      path: folder with config.json and flax_model.msgpack and/or model.safetensors.
-      image_size: input size to build the model for; when it differs from the checkpoint's, the
-        patch-position grid is resized bicubically (CLS position kept). None: the checkpoint's.
-      source: 'auto' (Flax file if present, else safetensors), 'flax' or 'safetensors'.
-      dtype: computation dtype of the returned module (params stay float32).
-
-    Returns:
-      (CLIP module, params): params in the Hugging Face Flax layout, float32.
-    """
-    # clip_weights builds on this module (ClipSpec, abstract_params), hence the late import.
-    from hoiclip_jax.weights import clip as clip_weights
-    spec, params, _ = clip_weights.load_clip_params(path, image_size, source)
-    logit_scale = float(params["logit_scale"])
-    return CLIP(spec, logit_scale, dtype), params

@@ -1,7 +1,7 @@
 """The HOICLIP model (reference §1): DETR instance branch + CLIP interaction branch.
 
     model = build_model(config.model, tables)
-    params = init_params(model, jax.random.PRNGKey(0), config, tables)
+    params = classifiers.init_params(model, jax.random.PRNGKey(0), config, tables)  # weights/
     out = model.apply({'params': params}, image, pixel_mask, clip_image, train=True,
                       rngs={'dropout': key})
 
@@ -16,7 +16,8 @@ uniform, attention biases zero, other transformer biases PyTorch's default; the 
 outside the reference's transformer (box MLPs, inter2verb, obj_class_fc, input_proj and the two
 text classifiers' biases) keep PyTorch's default Linear/Conv init U(+-1/sqrt(fan_in)); queries
 N(0, 1), pos_guided_embed U[0, 1); backbone convs kaiming normal (fan_out), FrozenBN identity;
-CLIP as documented in clip.py. `init_params` then writes the text-derived classifier kernels.
+CLIP as documented in clip.py. `hoiclip_jax.weights.classifiers.init_params` then writes the
+text-derived classifier kernels.
 """
 import dataclasses
 import functools
@@ -27,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hoiclip_jax.weights import clip as clip_weights
 from hoiclip_jax.models import remat
 from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, layer_norm,
                                           torch_default_bias)
@@ -35,7 +35,6 @@ from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
 from hoiclip_jax.models.clip import CLIP, ClipSpec
 from hoiclip_jax.models.detr import Encoder, InstanceDecoder, sine_position_embedding
 from hoiclip_jax.models.interaction import Q_INTER_MODES, InteractionDecoder
-from hoiclip_jax.weights.tokenizer import build_tokenizer
 
 
 STANDARD_NORMAL = nn.initializers.normal(1.0)
@@ -96,6 +95,8 @@ class HOICLIP(nn.Module):
         all K classes); only `hoi_logits` does.
       remat: a jax.checkpoint policy name for the backbone stages and the transformer layers,
         or 'none' (models/remat.py; config.model.remat).
+      mask_padded_memory: the interaction decoder ignores padded DETR memory positions
+        (config.model.mask_padded_memory; the reference attends to them).
       dtype: computation dtype of the backbone, the transformers and the CLIP towers. Params
         are float32 whatever it is (flax `param_dtype`); norm statistics, attention softmax and
         the sine positions are float32 inside those modules; the heads (`HEAD_DTYPE`) and the
@@ -124,6 +125,7 @@ class HOICLIP(nn.Module):
     train_hois: tuple[int, ...] = ()
     dtype: Any = jnp.float32
     remat: str = "none"
+    mask_padded_memory: bool = False
 
     def setup(self):
         d, e, dt = self.hidden_dim, self.clip_spec.embed_dim, self.dtype
@@ -177,11 +179,12 @@ class HOICLIP(nn.Module):
         if self.is_initializing():
             # The forward pass never runs the text tower; touch it so that its params exist.
             self.clip.encode_text(jnp.zeros((1, self.clip_spec.context_length), jnp.int32))
-        memory, ins_hs = self.detect(image, pixel_mask, deterministic)
+        memory, memory_mask, ins_hs = self.detect(image, pixel_mask, deterministic)
         h_hs, o_hs = ins_hs[:, :, :self.num_queries], ins_hs[:, :, self.num_queries:]
         clip_embeds, clip_tokens = self.clip.encode_image(clip_image)
         self.sow(INTERMEDIATES, "clip_tokens", clip_tokens)
-        inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic)
+        inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic,
+                                    memory_mask if self.mask_padded_memory else None)
         # The frozen CLIP visual projection maps the decoder output into the joint space (§1.5.5).
         outputs = {
             "hoi_logits": self.hoi_logits(self.clip.project_image(inter_hs), train),
@@ -198,6 +201,7 @@ class HOICLIP(nn.Module):
 
         Returns:
           memory: [B, S, D] encoder output (S = h * w feature positions).
+          memory_mask: [B, S] bool, True on the positions of real pixels.
           ins_hs: [L, B, 2N, D] instance-decoder outputs (humans, then objects).
         """
         feats = self.backbone(image)
@@ -220,7 +224,8 @@ class HOICLIP(nn.Module):
                                      self.query_embed_o(queries) + guide])
         query_pos = jnp.broadcast_to(query_pos, (batch,) + query_pos.shape).astype(self.dtype)
         tgt = jnp.zeros_like(query_pos)
-        return memory, self.instance_decoder(tgt, memory, query_pos, pos, mask, deterministic)
+        ins_hs = self.instance_decoder(tgt, memory, query_pos, pos, mask, deterministic)
+        return memory, mask, ins_hs
 
     def obj_logits(self, o_hs):
         """o_hs [L, B, N, D] -> [L, B, N, O+1]: exp(s_o) * proj(norm(LN(fc(o)))) (§1.4)."""
@@ -315,7 +320,7 @@ def build_model(model_config, tables) -> HOICLIP:
             verb2hoi_entries=verb2hoi_entries(tables, bool(m.vcoco_verb2hoi_bug)),
             encoder_input_pos=bool(m.encoder_input_pos),
             train_hois=train_hoi_columns(tables, m.zero_shot), dtype=jnp.dtype(m.dtype),
-            remat=str(m.remat))
+            remat=str(m.remat), mask_padded_memory=bool(m.mask_padded_memory))
 
 
 def dummy_inputs(dataset_config, batch_size: int = 1, canvas=None):
@@ -355,107 +360,3 @@ def abstract_params(model: HOICLIP, dataset_config) -> dict:
     """Param shapes (jax.ShapeDtypeStruct tree) without allocating or computing anything."""
     return jax.eval_shape(functools.partial(_init_variables, model, dataset_config=dataset_config),
                           jax.random.PRNGKey(0))
-
-
-def text_embeddings(model: HOICLIP, params: dict, tokenizer, prompts,
-                    center: bool = False) -> jax.Array:
-    """L2-normalised CLIP text embeddings [n, E] of `prompts`.
-
-    With `center`, the mean embedding of the set is removed before normalising. A randomly
-    initialised text tower (the demo's) maps prompts that share all but one word to nearly the
-    same direction (mean cosine 0.91 for the synthetic HOI prompts), which makes the frozen
-    classifiers almost blind; centring keeps what distinguishes them. Real CLIP: off.
-    """
-    tokens = tokenizer(list(prompts))
-    # The tower is causal and pools at the EOT token, so positions after the last EOT cannot
-    # change the result: drop them (prompts are far shorter than the 77-token context).
-    length = int(np.argmax(tokens, axis=1).max()) + 1
-    encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method=HOICLIP.encode_text))
-    embeddings = l2_normalize(encode(params, jnp.asarray(tokens[:, :length])))
-    if center:
-        embeddings = l2_normalize(embeddings - embeddings.mean(axis=0, keepdims=True))
-    return embeddings
-
-
-def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
-    """E_v [V, E]: the .npy of config.model.verb_features, or a text stand-in.
-
-    The stand-in (verb_features == '') is the L2-normalised mean of the normalised HOI text
-    embeddings of each verb's HOI classes; it holds until the visual E_v of issue 7 (§5.1). A
-    file is used as-is (the reference's V-COCO E_v is not normalised either).
-    """
-    if model_config.verb_features:
-        verbs = np.load(model_config.verb_features).astype(np.float32)
-        expected = (tables.num_verbs, hoi_text.shape[1])
-        if verbs.shape != expected:
-            raise ValueError(f"config.model.verb_features={model_config.verb_features!r}: shape "
-                             f"{verbs.shape}, expected [V, E] = {expected}")
-        return jnp.asarray(verbs)
-    hoi_to_verb = np.asarray(tables.hoi_to_verb)
-    # In numpy: V eager jax gathers would each dispatch (and first compile) their own program.
-    hoi_text = np.asarray(hoi_text)
-    rows = []
-    for v in range(tables.num_verbs):
-        members = np.flatnonzero(hoi_to_verb == v)
-        if members.size == 0:
-            raise ValueError(f"class tables '{tables.name}': verb {v} ({tables.verbs[v]!r}) has "
-                             "no HOI class, so it has no text E_v; set config.model.verb_features")
-        rows.append(hoi_text[members].mean(axis=0))
-    return l2_normalize(jnp.asarray(np.stack(rows)))
-
-
-def prompt_embeddings(model: HOICLIP, params: dict, config, tables):
-    """(hoi_text [K, E], obj_text [O + 1, E]): the file config.model.text_embeddings if set
-    (written by `python -m hoiclip_jax.tools.text_embeddings`), else the text tower of
-    `params['clip']` on the class-table prompts."""
-    m = config.model
-    if m.text_embeddings:
-        if m.center_text_embeddings:
-            raise ValueError(f"config.model.text_embeddings={m.text_embeddings!r} holds the final "
-                             "classifier embeddings; center_text_embeddings (for a random CLIP "
-                             "tower) must be False with it")
-        hoi, obj = clip_weights.load_prompt_embeddings(m.text_embeddings, tables,
-                                                       m.clip.embed_dim)
-        return jnp.asarray(hoi), jnp.asarray(obj)
-    tokenizer = build_tokenizer(m.clip, list(tables.hoi_prompts) + list(tables.object_prompts))
-    center = m.center_text_embeddings
-    return (text_embeddings(model, params, tokenizer, tables.hoi_prompts, center),
-            text_embeddings(model, params, tokenizer, tables.object_prompts, center))
-
-
-def init_params(model: HOICLIP, rng, config, tables) -> dict:
-    """Random init plus the text-derived classifiers (§1.4, §1.6).
-
-    With config.model.clip.weights (a Hugging Face CLIP folder), params['clip'] is read from it
-    and the prompts are tokenised with its BPE vocabulary; with config.model.text_embeddings the
-    prompt embeddings come from that file instead of the text tower.
-
-    hoi_visual_projection/kernel and obj_visual_projection/kernel = the normalised CLIP text
-    embeddings of the HOI / object prompts (transposed to [E, K] / [E, O+1]); their biases stay
-    random (frozen by the optimizer, as in the reference) unless
-    config.model.classifier_random_bias is False, which zeroes them; verb_projection/kernel =
-    E_v^T.
-
-    The params are float32 and do not depend on `model.dtype`: initialisation (the text tower
-    that builds the classifiers included) runs on a float32 copy of the model, so a bfloat16 run
-    starts from exactly the parameters of a float32 run.
-
-    Returns:
-      the params dict (the 'params' collection).
-    """
-    model = model.clone(dtype=jnp.float32)
-    params = dict(random_params(model, rng, config.dataset))
-    if config.model.clip.weights:
-        params["clip"] = clip_weights.params_for_config(config.model.clip, params["clip"])
-    hoi_text, obj_text = prompt_embeddings(model, params, config, tables)
-    kernels = {"hoi_visual_projection": hoi_text.T, "obj_visual_projection": obj_text.T,
-               "verb_projection": verb_embeddings(config.model, tables, hoi_text).T}
-    for name, kernel in kernels.items():
-        old = params[name]["kernel"]
-        if kernel.shape != old.shape:
-            raise ValueError(f"{name}/kernel: text-derived shape {kernel.shape} != {old.shape}")
-        params[name] = {**params[name], "kernel": kernel.astype(old.dtype)}
-    if not config.model.classifier_random_bias:
-        for name in ("hoi_visual_projection", "obj_visual_projection"):
-            params[name] = {**params[name], "bias": jnp.zeros_like(params[name]["bias"])}
-    return params

@@ -3,8 +3,9 @@
 The decoder works at the CLIP vision width W (768 for ViT-B/32). Each fusion layer attends its
 queries to the CLIP tokens and to the projected DETR memory with ONE cross-attention module and
 ONE LayerNorm shared by both branches, and adds the two post-norm results (the residual is thus
-counted twice). There are no positional encodings and no masks: padded memory positions are
-attended, as in the reference. Dropout: the reference's 0.1 on residual branches, inside the FFN
+counted twice). There are no positional encodings, and the reference masks nothing: padded
+memory positions are attended (`memory_mask=None`); `config.model.mask_padded_memory` passes the
+DETR key mask instead, so that the padding of an image cannot move its scores. Dropout: the reference's 0.1 on residual branches, inside the FFN
 and on attention probabilities.
 """
 from typing import Any
@@ -28,13 +29,15 @@ class FusionLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tgt, clip_tokens, memory, deterministic):
+    def __call__(self, tgt, clip_tokens, memory, memory_mask, deterministic):
         """One fusion step.
 
         Args:
           tgt: [B, N, W] interaction queries.
           clip_tokens: [B, T, W] CLIP tokens (V_s).
           memory: [B, S, W] projected DETR memory (V_d').
+          memory_mask: [B, S] bool, True on the memory positions that may be attended, or None
+            (the reference: all).
 
         Returns:
           [B, N, W].
@@ -49,7 +52,8 @@ class FusionLayer(nn.Module):
         norm2 = layer_norm("norm2", self.dtype)
         from_clip = norm2(tgt + drop(cross(tgt, clip_tokens, clip_tokens,
                                            deterministic=deterministic)))
-        from_detr = norm2(tgt + drop(cross(tgt, memory, memory, deterministic=deterministic)))
+        from_detr = norm2(tgt + drop(cross(tgt, memory, memory, key_mask=memory_mask,
+                                           deterministic=deterministic)))
         tgt = from_clip + from_detr
         ffn = feed_forward(tgt, self.dim_feedforward, self.dropout, deterministic, self.dtype)
         return layer_norm("norm3", self.dtype)(tgt + drop(ffn))
@@ -108,13 +112,16 @@ class InteractionDecoder(nn.Module):
     remat: str = NONE  # models/remat.py
 
     @nn.compact
-    def __call__(self, h_last, o_last, memory, clip_tokens, deterministic=True):
+    def __call__(self, h_last, o_last, memory, clip_tokens, deterministic=True,
+                 memory_mask=None):
         """Decodes interaction features.
 
         Args:
           h_last, o_last: [B, N, D] last instance-decoder layer (human / object halves).
           memory: [B, S, D] DETR encoder output (padded positions included).
           clip_tokens: [B, T, W] post_layernorm of all CLIP tokens.
+          memory_mask: optional [B, S] bool, True on real (unpadded) memory positions; None
+            attends to every position, as the reference.
 
         Returns:
           [L, B, N, W], every layer passed through the shared final `norm`.
@@ -126,10 +133,11 @@ class InteractionDecoder(nn.Module):
         # Q_inter, for analysis (see hoiclip.INTERMEDIATES); "q_inter" is the submodule's name.
         self.sow("intermediates", "queries", tgt)
         norm = layer_norm("norm", self.dtype)
-        layer = maybe_remat(FusionLayer, self.remat, static_argnums=(4,))
+        layer = maybe_remat(FusionLayer, self.remat, static_argnums=(5,))
         outputs = []
         for i in range(self.num_layers):
             tgt = layer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype,
-                              name=f"layer{i}")(tgt, clip_tokens, memory_clip, deterministic)
+                        name=f"layer{i}")(tgt, clip_tokens, memory_clip, memory_mask,
+                                          deterministic)
             outputs.append(norm(tgt))
         return jnp.stack(outputs)

@@ -17,8 +17,8 @@ import ml_collections as mlc
 import numpy as np
 
 from data_pipeline.class_tables import load_class_tables
-from hoiclip_jax.weights import clip as clip_weights
-from hoiclip_jax.models.clip import load_pretrained
+from hoiclip_jax.weights import prompts as prompt_files
+from hoiclip_jax.weights.clip import load_pretrained
 from hoiclip_jax.weights.tokenizer import ClipBpeTokenizer
 
 BATCH_SIZE = 128  # prompts per text-tower call (bounds the activation memory)
@@ -55,7 +55,7 @@ def write_text_embeddings(clip_folder: str, tables, out: str) -> tuple[np.ndarra
     tokenizer = ClipBpeTokenizer(clip_folder, model.spec.context_length)
     hoi = encode_prompts(model, params, tokenizer, tables.hoi_prompts)
     obj = encode_prompts(model, params, tokenizer, tables.object_prompts)
-    clip_weights.save_prompt_embeddings(out, hoi, obj, tables, clip_folder)
+    prompt_files.save_prompt_embeddings(out, hoi, obj, tables, clip_folder)
     return hoi, obj
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from data_pipeline import class_tables, loader, sources
+from data_pipeline import class_tables, loader, required_files, sources
 from data_pipeline.class_tables import ClassTables
 from hoiclip_jax.lib import checkpoints, cli, run_log, sharding
 from data_pipeline import datasets
@@ -206,6 +206,7 @@ def start_run(config, workdir: str) -> tuple[Run, dict]:
 
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
+    config = required_files.resolve(config)
     run, state = start_run(config, workdir)
     step = int(jax.device_get(state["step"]))
     try:
@@ -317,7 +318,3 @@ def main(argv):
     cli.initialize_distributed(FLAGS.multihost)
     train(FLAGS.config, FLAGS.workdir)
 
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

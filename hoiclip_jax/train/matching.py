@@ -26,8 +26,8 @@ import scipy.optimize
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hoiclip_jax.lib import box_ops
+from hoiclip_jax.lib.sharding import DATA_AXIS
 
-DATA_AXIS = "data"
 # Cost given to padded GT columns and to NaN/inf entries. Large but finite: scipy rejects inf
 # and NaN, and the real costs are O(10).
 PAD_COST = 1e6

@@ -10,6 +10,8 @@ import re
 from typing import Any, Sequence
 
 import flax.traverse_util as traverse_util
+import jax
+import jax.numpy as jnp
 import optax
 
 FROZEN = "frozen"
@@ -69,6 +71,30 @@ def lr_schedule(optim_config, steps_per_epoch: int, multiplier: float = 1.0) -> 
     boundaries = {int(e) * steps_per_epoch: optim_config.lr_drop_factor
                   for e in optim_config.lr_drop_epochs}
     return optax.piecewise_constant_schedule(optim_config.lr * multiplier, boundaries)
+
+
+def _is_schedule_state(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def with_schedule_count(opt_state: Any, count) -> Any:
+    """`opt_state` with the step count of every learning-rate schedule set to `count`.
+
+    The train step keeps the old optimizer state on a skipped (non-finite) step, Adam's moments
+    and count included; the schedules must still follow the global step, or every later lr drop
+    would come one step late per skipped step and the logged lr would not be the applied one.
+    """
+    def set_count(node):
+        if _is_schedule_state(node):
+            return optax.ScaleByScheduleState(count=jnp.asarray(count, node.count.dtype))
+        return node
+    return jax.tree.map(set_count, opt_state, is_leaf=_is_schedule_state)
+
+
+def schedule_counts(opt_state: Any) -> list:
+    """The step counts of the learning-rate schedules in `opt_state`."""
+    return [node.count for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+            if _is_schedule_state(node)]
 
 
 def make_optimizer(optim_config, trainable_labels: Any, steps_per_epoch: int):

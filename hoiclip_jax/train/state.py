@@ -6,7 +6,8 @@ import jax
 
 from hoiclip_jax.lib import checkpoints, sharding
 from hoiclip_jax.train import optim, step as train_step
-from hoiclip_jax import weights
+from hoiclip_jax.weights import pretrained
+from hoiclip_jax.weights import classifiers
 from hoiclip_jax.models import hoiclip
 
 
@@ -14,9 +15,9 @@ def initial_params(config, tables):
     """(model, params) at initialisation: classifiers filled from the CLIP text tower, then the
     weights of config.model.pretrained (DETR or HOICLIP) when it is set."""
     model = hoiclip.build_model(config.model, tables)
-    params = hoiclip.init_params(model, jax.random.PRNGKey(config.seed), config, tables)
+    params = classifiers.init_params(model, jax.random.PRNGKey(config.seed), config, tables)
     if config.model.pretrained:
-        params, report = weights.load_pretrained(config.model.pretrained, params, config, tables)
+        params, report = pretrained.load_pretrained(config.model.pretrained, params, config, tables)
         logging.info("%s: %s", config.model.pretrained, report.summary())
     return model, params
 
@@ -55,17 +56,23 @@ def abstract_state(config, tables):
     return model, state
 
 
-def restore_params(workdir: str, config, tables, mesh, step: Optional[int] = None,
+def restore_params(workdir: str, config, tables, target_sharding, step: Optional[int] = None,
                    subdir: str = checkpoints.CHECKPOINT_DIR):
     """(model, params, step) from `step` (default: latest) of the workdir's checkpoints
-    (`subdir=checkpoints.BEST_DIR`: the best one by validation mAP)."""
+    (`subdir=checkpoints.BEST_DIR`: the best one by validation mAP).
+
+    The whole train state is read (the checkpoint's tree is checked against it) and its
+    optimizer state dropped. Every array lands with `target_sharding`, whatever mesh wrote it:
+    `sharding.replicated(mesh)` for evaluation, a `SingleDeviceSharding` for analysis.
+    """
     ckpt = checkpoints.Checkpointer(workdir, keep=1, subdir=subdir, read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    model, state = abstract_state(config, tables)
-    abstract = checkpoints.abstract_like(state, sharding.replicated(mesh))
-    restored, meta = ckpt.restore(step, abstract)
-    ckpt.close()
-    logging.info("Restored %s/%d (epoch %s)", ckpt.directory, step, meta["epoch"])
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+        model, state = abstract_state(config, tables)
+        restored, meta = ckpt.restore(step, checkpoints.abstract_like(state, target_sharding))
+    finally:
+        ckpt.close()
+    logging.info("Restored %s/%d (epoch %s)", ckpt.directory, step, meta.get("epoch"))
     return model, optim.merge_params(restored["trainable"], restored["frozen"]), step

@@ -129,7 +129,8 @@ def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, 
     """Returns `step(state, batch) -> (state, metrics)`, jitted with the state donated.
 
     `metrics['nonfinite']` is 1.0 when the loss or the gradient norm was NaN or inf; the
-    returned state then holds the old parameters and optimizer state (step count + 1).
+    returned state then holds the old parameters and optimizer state (Adam's moments and count),
+    with the step and the learning-rate schedules' counts advanced by one.
     `microbatches` > 1 accumulates the gradients of that many microbatches (module docstring;
     `check_microbatching` states when the batch splits).
     """
@@ -152,8 +153,10 @@ def make_train_step(model, tx: optax.GradientTransformation, matcher: Callable, 
         # and flagged; train.py skips on or stops (`train.nonfinite`).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = dict(state, step=state["step"] + 1,
-                         opt_state=keep(opt_state, state["opt_state"]),
+        # The schedules advance on a skipped step too: the lr stays a function of `step`.
+        opt_state = optim.with_schedule_count(keep(opt_state, state["opt_state"]),
+                                              state["step"] + 1)
+        new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
                          trainable=keep(optax.apply_updates(state["trainable"], updates),
                                         state["trainable"]))
         metrics = dict(terms, loss=loss, grad_norm=grad_norm,

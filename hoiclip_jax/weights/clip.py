@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import flax.serialization
 import flax.traverse_util as traverse_util
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hoiclip_jax.models.clip import ClipSpec, abstract_params
+from hoiclip_jax.models.clip import CLIP, ClipSpec, abstract_params
 
 CONFIG_FILE = "config.json"
 _LISTED = 20  # problems named in one error; the rest counted
@@ -336,42 +336,23 @@ def params_for_config(clip_config, reference: dict) -> dict:
 # ----------------------------------------------------------------------------- prompt cache
 
 
-def save_prompt_embeddings(path: str, hoi: np.ndarray, obj: np.ndarray, tables,
-                           clip_folder: str) -> None:
-    """Writes the .npz that config.model.text_embeddings points to.
+def load_pretrained(path: str, image_size: int | None = None, source: str = "auto",
+                    dtype: Any = jnp.float32):
+    """CLIP from a Hugging Face model folder.
 
-    Keys: `hoi` [K, E] and `object` [O + 1, E] (L2-normalised, float32), `hoi_prompts` and
-    `object_prompts` (the texts, checked on load against the class tables), `dataset`, `clip`.
+        model, params = load_pretrained("weights/clip-vit-base-patch32")
+        embeds, tokens = model.apply({"params": params}, pixels, method="encode_image")
+
+    Args:
+      path: folder with config.json and flax_model.msgpack and/or model.safetensors.
+      image_size: input size to build the model for; when it differs from the checkpoint's, the
+        patch-position grid is resized bicubically (CLS position kept). None: the checkpoint's.
+      source: 'auto' (Flax file if present, else safetensors), 'flax' or 'safetensors'.
+      dtype: computation dtype of the returned module (params stay float32).
+
+    Returns:
+      (CLIP module, params): params in the Hugging Face Flax layout, float32.
     """
-    np.savez(path, hoi=np.asarray(hoi, np.float32), object=np.asarray(obj, np.float32),
-             hoi_prompts=np.array(tables.hoi_prompts), dataset=np.array(tables.name),
-             object_prompts=np.array(tables.object_prompts), clip=np.array(clip_folder))
-
-
-def load_prompt_embeddings(path: str, tables, embed_dim: int):
-    """(hoi [K, E], object [O + 1, E]) from a `save_prompt_embeddings` file.
-
-    Raises:
-      FileNotFoundError / ValueError naming the file: missing file or key, a shape other than
-      [K, E] / [O + 1, E], or prompts that differ from the class tables'.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.model.text_embeddings={path!r}: no such file (write it "
-                                "with python -m hoiclip_jax.tools.text_embeddings)")
-    out = []
-    with np.load(path, allow_pickle=False) as data:
-        for key, prompts in (("hoi", tables.hoi_prompts), ("object", tables.object_prompts)):
-            for name in (key, f"{key}_prompts"):
-                if name not in data:
-                    raise ValueError(f"{path}: no array '{name}' (keys: {sorted(data.keys())})")
-            value, stored = data[key], [str(p) for p in data[f"{key}_prompts"]]
-            if value.shape != (len(prompts), embed_dim):
-                raise ValueError(f"{path}: '{key}' has shape {value.shape}, expected "
-                                 f"{(len(prompts), embed_dim)} for the '{tables.name}' class "
-                                 "tables and config.model.clip.embed_dim")
-            diff = [i for i, (a, b) in enumerate(zip(stored, prompts)) if a != b]
-            if len(stored) != len(prompts) or diff:
-                raise ValueError(f"{path}: the {key} prompts differ from the '{tables.name}' "
-                                 f"class tables (first at index {(diff or [len(stored)])[0]})")
-            out.append(value.astype(np.float32))
-    return tuple(out)
+    spec, params, _ = load_clip_params(path, image_size, source)
+    logit_scale = float(params["logit_scale"])
+    return CLIP(spec, logit_scale, dtype), params

@@ -149,7 +149,7 @@ def load_detr(path: str, params, model_config, tables):
 
     Args:
       path: e.g. `detr-r50-e632da11.pth` (zip or legacy format; `{'model': ...}` or bare).
-      params: our params tree (e.g. from `hoiclip.init_params`); not modified.
+      params: our params tree (e.g. from `classifiers.init_params`); not modified.
       model_config: config.model (num_queries).
       tables: class tables (coco_ids, num_objects).
     """

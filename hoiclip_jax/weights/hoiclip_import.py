@@ -144,7 +144,7 @@ def import_hoiclip(state: Mapping[str, np.ndarray], target, clip_prefix: str = "
 def load_hoiclip(path: str, params, clip_prefix: str = "clip_model."):
     """Reads a released HOICLIP `.pth`; returns (params with its weights, report).
 
-    `params` (e.g. from `hoiclip.init_params`) is not modified; its leaves that the checkpoint
+    `params` (e.g. from `classifiers.init_params`) is not modified; its leaves that the checkpoint
     does not hold stay as they are (listed in `report.left_at_init`).
     """
     state, _ = torch_pickle.load_state_dict(path)

@@ -44,6 +44,7 @@ from data_pipeline.class_tables import ClassTables
 from data_pipeline.hico_reader import HoiRecord
 from data_pipeline.transforms import clip_view
 from hoiclip_jax.lib import sharding
+from hoiclip_jax.models.attention import l2_normalize
 from hoiclip_jax.models.clip import CLIP
 
 METHODS = ("original", "seed")
@@ -340,3 +341,30 @@ def verb_features(records: list[HoiRecord], images: Callable[[HoiRecord], Image.
         logging.warning("E_v: skipped %d HOI instances whose crop is under one pixel",
                         sums.skipped)
     return finalize(sums, tables, method), sums
+
+
+def verb_embeddings(model_config, tables, hoi_text) -> jax.Array:
+    """E_v [V, E]: the .npy of config.model.verb_features, or a text stand-in.
+
+    The stand-in (verb_features == '') is the L2-normalised mean of the normalised HOI text
+    embeddings of each verb's HOI classes; it holds until the visual E_v of issue 7 (§5.1). A
+    file is used as-is (the reference's V-COCO E_v is not normalised either).
+    """
+    if model_config.verb_features:
+        verbs = np.load(model_config.verb_features).astype(np.float32)
+        expected = (tables.num_verbs, hoi_text.shape[1])
+        if verbs.shape != expected:
+            raise ValueError(f"config.model.verb_features={model_config.verb_features!r}: shape "
+                             f"{verbs.shape}, expected [V, E] = {expected}")
+        return jnp.asarray(verbs)
+    hoi_to_verb = np.asarray(tables.hoi_to_verb)
+    # In numpy: V eager jax gathers would each dispatch (and first compile) their own program.
+    hoi_text = np.asarray(hoi_text)
+    rows = []
+    for v in range(tables.num_verbs):
+        members = np.flatnonzero(hoi_to_verb == v)
+        if members.size == 0:
+            raise ValueError(f"class tables '{tables.name}': verb {v} ({tables.verbs[v]!r}) has "
+                             "no HOI class, so it has no text E_v; set config.model.verb_features")
+        rows.append(hoi_text[members].mean(axis=0))
+    return l2_normalize(jnp.asarray(np.stack(rows)))

@@ -5,7 +5,7 @@ has FlaxCLIPModel), flax and jax; the project venv has none of torch / FlaxCLIPM
 
     /tmp/torch311/bin/python tools/goldens/make_clip_goldens.py --out tests/fixtures/clip_tiny
 
-The tests (tests/test_clip_weights.py) load the folder with our own code, from both weight files,
+The tests (tests/test_weights/clip.py) load the folder with our own code, from both weight files,
 and compare with `golden.npz`. The Flax file comes from transformers' own PyTorch->Flax converter
 (`FlaxCLIPModel.from_pretrained(dir, from_pt=True)`), so it checks our converter independently.
 

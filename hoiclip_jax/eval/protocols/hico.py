@@ -32,7 +32,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import nms, scoring
 from hoiclip_jax.eval.protocols import ap as ap_lib
 
 FIXTURE_SCHEMA = "hico_eval_fixture/v1"
@@ -333,7 +333,7 @@ def prediction_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_thre
 def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_threshold: float,
                           nms_alpha: float, nms_beta: float,
                           names: Optional[Sequence[str]] = None) -> list[dict]:
-    """Turns `postprocess.hico_topk` output for B images into `evaluate`'s prediction fields.
+    """Turns `scoring.hico_topk` output for B images into `evaluate`'s prediction fields.
 
     As in the reference, each image's box list is its N subject boxes then its N object boxes,
     and triplet j of query q is (subject id q, object id N + q, HOI class, score).
@@ -366,7 +366,7 @@ def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_thr
     batch, k = scores.shape
     sub = np.take_along_axis(boxes, queries.astype(np.int64)[..., None], axis=1)  # [B, k, 4]
     obj = np.take_along_axis(boxes, (queries + num_queries).astype(np.int64)[..., None], axis=1)
-    keep = postprocess.triplet_nms_batch(np.repeat(np.arange(batch), k), sub.reshape(-1, 4),
+    keep = nms.triplet_nms_batch(np.repeat(np.arange(batch), k), sub.reshape(-1, 4),
                                          obj.reshape(-1, 4), hois[..., 2].reshape(-1),
                                          scores.reshape(-1), nms_threshold, nms_alpha, nms_beta)
     per_image = np.split(keep % k, np.cumsum(np.bincount(keep // k, minlength=batch))[:-1])
@@ -389,7 +389,7 @@ def apply_triplet_nms(images: Sequence[Mapping], threshold: float, alpha: float,
                       beta: float) -> list[dict]:
     """Copies of `images` whose `pred_hois` keep only the triplet-NMS survivors.
 
-    The kept rows are in the reference's order (`postprocess.triplet_nms_batch`); all images go
+    The kept rows are in the reference's order (`nms.triplet_nms_batch`); all images go
     through one vectorised NMS call.
     """
     keeps = triplet_nms_keep(images, threshold, alpha, beta)
@@ -401,7 +401,7 @@ def triplet_nms_keep(images: Sequence[Mapping], threshold: float, alpha: float,
                      beta: float) -> list[np.ndarray]:
     """Per image, the [P'] int64 indices into its `pred_hois` kept by the triplet NMS."""
     preds = flatten_preds(images, num_hois=None)
-    keep = postprocess.triplet_nms_batch(preds.image, preds.boxes[preds.sub],
+    keep = nms.triplet_nms_batch(preds.image, preds.boxes[preds.sub],
                                          preds.boxes[preds.obj], preds.cls, preds.score,
                                          threshold, alpha, beta)
     counts = np.bincount(preds.image, minlength=len(images))
@@ -460,8 +460,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     no_nms = evaluate(images, rare, num_hois, config["overlap_iou"])
     nms_images = apply_triplet_nms(images, config["thres_nms"], config["nms_alpha"],
                                    config["nms_beta"])
-    nms = evaluate(nms_images, rare, num_hois, config["overlap_iou"])
-    json.dump({"no_nms": result_to_json(no_nms), "nms": result_to_json(nms)}, sys.stdout,
+    with_nms = evaluate(nms_images, rare, num_hois, config["overlap_iou"])
+    json.dump({"no_nms": result_to_json(no_nms), "nms": result_to_json(with_nms)}, sys.stdout,
               allow_nan=False)
     sys.stdout.write("\n")
 

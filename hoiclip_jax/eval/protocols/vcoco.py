@@ -16,7 +16,7 @@ one its training loop reports) following the rules of `tests/fixtures/vcoco_eval
   4. 11-point AP per verb (`metrics.ap`).
   5. mAP_all: mean over the verbs with GT.
   6. mAP_thesis: mean over the 24 thesis verbs, a thesis verb without GT counting as AP 0.
-  7. No NMS. The top-k before it is `postprocess.vcoco_topk` (rule 8).
+  7. No NMS. The top-k before it is `scoring.vcoco_topk` (rule 8).
 This is only a proxy of the official V-COCO role AP; that one is in `protocols.vcoco_official`,
 whose public functions are re-exported here.
 
@@ -82,7 +82,7 @@ def evaluate(images: Sequence[Mapping[str, np.ndarray]], num_verbs: int,
 
     Args:
       images: one `EvalImage` per test image (`predictions_from_topk` makes the prediction
-        fields from `postprocess.vcoco_topk`).
+        fields from `scoring.vcoco_topk`).
       num_verbs: V, number of verb(-role) classes (29); ids are 0..V-1.
       thesis_verbs: the verbs averaged by mAP_thesis (the table's `thesis_verb_ids`, 24).
       overlap_iou: box IoU needed for a match (0.5 in the reference).
@@ -219,7 +219,7 @@ def _flatten_gts(images: Sequence[Mapping], num_verbs: int) -> _Gts:
 
 
 def predictions_from_topk(topk: Mapping[str, np.ndarray]) -> list[dict]:
-    """Turns `postprocess.vcoco_topk` output for B images into `evaluate`'s prediction fields.
+    """Turns `scoring.vcoco_topk` output for B images into `evaluate`'s prediction fields.
 
     As in the reference, each image's box list is its N subject boxes (label 0) then its N
     object boxes (the predicted labels), and pair j of query q is (q, N + q, verb, score).

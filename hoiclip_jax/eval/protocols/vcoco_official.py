@@ -4,7 +4,7 @@ Written from the protocol's description (`shared/docs/evaluation-protocols.md` ย
 code. The ground truth comes from the standard files (`read_vcoco_gt`): `vcoco_test.json` (26
 action dicts), COCO's `instances_vcoco_all_2014.json` and `vcoco_test.ids`. Detections are the
 protocol's pickle format: a list of dicts, one per detected person (`detections_from_topk`
-makes them from `postprocess.vcoco_topk`): `image_id`, `person_box` [x1, y1, x2, y2],
+makes them from `scoring.vcoco_topk`): `image_id`, `person_box` [x1, y1, x2, y2],
 `'{action}_agent'` = score and `'{action}_{role}'` = [x1, y1, x2, y2, score], an empty role box
 being all zeros or all NaN.
 
@@ -23,7 +23,7 @@ Role AP of one (action, role) entry (`role_ap`), 25 entries (hit, eat and cut ha
 The mean is over the 25 entries (`AP_role_25`) and, as papers report it, over the 24 without
 point_instr (`AP_role_24`); both skip NaN entries (an action without GT person).
 
-IoUs follow the protocol's +1-pixel formula with a clamped intersection (= `postprocess.nms_iou`);
+IoUs follow the protocol's +1-pixel formula with a clamped intersection (= `nms.nms_iou`);
 GT boxes are COCO's xywh read as x2 = x1 + max(0, w - 1), clipped to the image. Where the
 protocol's own code is silent or fails we chose: detections in an image without any GT person
 count as FPs (the original raises on the empty argmax), an entry without detections has AP 0,
@@ -38,7 +38,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from hoiclip_jax.eval import postprocess
+from hoiclip_jax.eval import nms, scoring
 
 POINT_INSTR = "point_instr"   # left out of the 24-entry mean, as papers report
 _ROLE_SUFFIXES = ("obj", "instr")
@@ -285,7 +285,7 @@ def _match_persons(gt: VcocoGroundTruth, image: np.ndarray,
     pair_det = np.repeat(np.arange(len(image)), count)
     within = np.arange(len(pair_det)) - np.repeat(np.cumsum(count) - count, count)
     pair_person = by_image[np.repeat(lo, count) + within]
-    iou = postprocess.nms_iou(gt.person_boxes[pair_person], box[pair_det])
+    iou = nms.nms_iou(gt.person_boxes[pair_person], box[pair_det])
     best = np.lexsort((-iou, pair_det))  # stable: the first person among equal IoUs
     first = np.ones(len(best), bool)
     first[1:] = pair_det[best[1:]] != pair_det[best[:-1]]
@@ -315,7 +315,7 @@ def _entry_tp(gt, a, r, image, person, person_iou, role_box, role_score, scenari
     else:
         role_ok_without_gt = np.ones(len(idx), bool)
     with np.errstate(invalid="ignore"):
-        role_iou = postprocess.nms_iou(np.nan_to_num(gt_role), pred_role)
+        role_iou = nms.nms_iou(np.nan_to_num(gt_role), pred_role)
         role_ok = np.where(no_gt_role, role_ok_without_gt, role_iou >= overlap_iou)
         ok = (action[idx] == 1) & (person_iou[idx] >= overlap_iou) & role_ok
     # A person is covered by the first detection (in this order) that gets it right.
@@ -359,7 +359,7 @@ def coco_image_id(file_name: str) -> int:
 def detections_from_topk(topk: Mapping[str, np.ndarray], image_ids: Sequence[int],
                          verb_names: Sequence[str], no_object_label: int,
                          keep: Optional[np.ndarray] = None) -> list[dict]:
-    """The protocol's per-person detections from `postprocess.vcoco_topk` output.
+    """The protocol's per-person detections from `scoring.vcoco_topk` output.
 
     GEN-VLKT's export (`generate_vcoco_official.py`, evaluation-protocols ยง2): one dict per
     query (its subject box is the person); each verb(-role) of the query gets the query's
