@@ -8,7 +8,8 @@ setup(
     license="Apache-2.0",
     license_files=["LICENSE"],
     python_requires=">=3.12",
-    packages=find_packages(include=["hoiclip_jax", "hoiclip_jax.*", "data_pipeline", "data_pipeline.*"]),
+    packages=find_packages(include=["hoiclip_jax", "hoiclip_jax.*", "data_pipeline",
+                                    "data_pipeline.*"]),
     package_data={"data_pipeline": ["tables/*.json"]},
     install_requires=[
         "jax>=0.11.2", "jaxlib>=0.11.2", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",

@@ -15,7 +15,7 @@ logit raised), the rest are random; the background logits are N(-7, 1.5) (HOI) a
 Then, timed (the drawing of the data is not):
   * top-k: `scoring.hico_topk` / `vcoco_topk` jitted, batches of 16 images as the evaluation
     loop runs them, results fetched to the host (compilation timed apart, on a first batch);
-  * evaluation: `protocols.hico.predictions_from_topk` (with or without triplet NMS) then
+  * evaluation: `protocols.hico_topk.predictions_from_topk` (with or without triplet NMS) then
     `protocols.hico.evaluate`; for V-COCO `protocols.vcoco.predictions_from_topk` then `evaluate`;
   * the fixture CLIs (`python -m hoiclip_jax.eval.protocols.{hico,vcoco} --fixture FILE`, a whole
     process: start-up, imports, JSON parsing, evaluation) on the same predictions written to a
@@ -42,7 +42,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from data_pipeline import class_tables
 from hoiclip_jax.eval import scoring
-from hoiclip_jax.eval.protocols import hico, vcoco
+from hoiclip_jax.eval.protocols import hico, hico_fixture, hico_topk, vcoco
 
 TABLES_DIR = os.path.join(REPO, "data_pipeline", "tables")
 
@@ -192,7 +192,7 @@ def hico_rows(args, rng, tables, fixture_dir: str) -> list[tuple]:
     label = f"HICO-Det ({len(gts)} images, {n_gt} GT HOIs)"
     rows = [(label, "top-k (hico_topk, jit)", topk_s, "1.5", f"compile {compile_s:.1f} s")]
     def evaluate(use_nms):
-        images = hico.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5)
+        images = hico_topk.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5)
         for image, gt in zip(images, gts):
             image["gt_boxes"], image["gt_hois"] = gt["gt_boxes"], gt["gt_hois"]
         return hico.evaluate(images, tables.rare_hois, tables.num_hois)
@@ -207,7 +207,7 @@ def hico_rows(args, rng, tables, fixture_dir: str) -> list[tuple]:
     if not args.no_cli:
         path = os.path.join(fixture_dir, "hico_sized.json")
         write_hico_fixture(path, topk, gts, tables)
-        rows.append(cli_row(label, "hico", path, "no-NMS and NMS evaluation (2 runs)"))
+        rows.append(cli_row(label, "hico_fixture", path, "no-NMS and NMS evaluation (2 runs)"))
     return rows
 
 
@@ -263,14 +263,14 @@ def fixture_images(topk: dict, gts: list[dict], prediction_fn) -> list[dict]:
 
 
 def write_hico_fixture(path: str, topk: dict, gts: list[dict], tables) -> None:
-    images = fixture_images(topk, gts, lambda t: hico.predictions_from_topk(t, False, 0, 1, 1))
+    images = fixture_images(topk, gts, lambda t: hico_topk.predictions_from_topk(t, False, 0, 1, 1))
     for image, gt, keep in zip(images, gts, hico.triplet_nms_keep(
-            hico.predictions_from_topk(topk, False, 0, 1, 1), 0.7, 1.0, 0.5)):
+            hico_topk.predictions_from_topk(topk, False, 0, 1, 1), 0.7, 1.0, 0.5)):
         image["gt_hois"] = gt["gt_hois"].tolist()
         image["nms_keep"] = keep.tolist()
     config = {"overlap_iou": 0.5, "max_hois": 100, "zero_shot_type": "default",
               "thres_nms": 0.7, "nms_alpha": 1.0, "nms_beta": 0.5}
-    write_json(path, {"schema": hico.FIXTURE_SCHEMA, "name": "hico_sized_benchmark",
+    write_json(path, {"schema": hico_fixture.FIXTURE_SCHEMA, "name": "hico_sized_benchmark",
                       "produced_by": "benchmarks/evaluation.py (synthetic; no reference output)",
                       "evaluator_config": config, "hoi_classes": [list(h) for h in tables.hois],
                       "rare_hoi_ids": list(tables.rare_hois), "images": images, "expected": {}})
@@ -291,8 +291,8 @@ def write_vcoco_fixture(path: str, topk: dict, gts: list[dict], tables, thesis) 
 def cli_row(label: str, module: str, path: str, what: str) -> tuple:
     """Times `python -m hoiclip_jax.eval.protocols.<module> --fixture path` as a whole process."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"hoiclip_jax.eval.protocols.{module}", "--fixture", path],
-                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", f"hoiclip_jax.eval.protocols.{module}", "--fixture",
+                    path], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     size_mb = os.path.getsize(path) / 2**20
     return (label, f"fixture CLI `-m hoiclip_jax.eval.protocols.{module}`", seconds, "",

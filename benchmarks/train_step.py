@@ -113,8 +113,6 @@ def random_batch(config, tables, batch_size: int, seed: int = 0) -> dict:
     hoi_labels = np.zeros((batch_size, m, tables.num_hois), np.float32)
     for b, j in zip(*np.nonzero(pair_mask)):
         hoi_labels[b, j, rng.choice(tables.num_hois, size=rng.integers(1, 4))] = 1.0
-    verb_labels = np.zeros((batch_size, m, tables.num_verbs), np.float32)
-    verb_labels[..., 0] = pair_mask
     pixel_mask = np.ones((batch_size, h, w), bool)
     pixel_mask[1:2, :, w * 3 // 4:] = False
     return {
@@ -126,7 +124,6 @@ def random_batch(config, tables, batch_size: int, seed: int = 0) -> dict:
         "obj_labels": rng.integers(0, tables.num_objects, (batch_size, m)).astype(np.int32),
         "obj_exists": pair_mask.copy(),
         "hoi_labels": hoi_labels,
-        "verb_labels": verb_labels,
         "pair_mask": pair_mask,
         "image_id": np.arange(batch_size, dtype=np.int32),
         "orig_size": np.tile(np.array([[h, w]], np.int32), (batch_size, 1)),

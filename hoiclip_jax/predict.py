@@ -1,4 +1,5 @@
-"""`python -m hoiclip_jax.predict ...`: predictions on your own images (hoiclip_jax/eval/predict_cli.py)."""
+"""`python -m hoiclip_jax.predict ...`: predictions on your own images
+(hoiclip_jax/eval/predict_cli.py)."""
 from absl import app
 
 from hoiclip_jax.eval import predict_cli

@@ -55,7 +55,8 @@ TINY_MODEL = {
 
 def smoke_overrides(root: str, tfds_data_dir: str) -> dict:
     """Dotted overrides that run a real config (configs/hico*.py, vcoco.py) on a fake folder of
-    `data_pipeline.fake_layout` with the tiny model, 64-pixel images and batches of 4."""
+    `tests.fake_layout` with the tiny model, 64-pixel images and batches of 4. E_v is the text
+    one (`verb_features=text`): the fake folder has no E_v file for the configs' default."""
     return {
         "dataset.root": root, "dataset.tfds_data_dir": tfds_data_dir,
         "dataset.canvas": (64, 64), "dataset.max_side": 64,
@@ -65,6 +66,7 @@ def smoke_overrides(root: str, tfds_data_dir: str) -> dict:
         "dataset.num_threads": 1,
         **TINY_MODEL,
         "model.clip.weights": "", "model.pretrained": "", "model.clip.vocab_size": 512,
+        "model.verb_features": "",
         "train.batch_size": 4, "train.num_epochs": 1, "train.log_every_steps": 1,
         "eval.batch_size": 4,
     }
@@ -99,7 +101,7 @@ def tiny_config(table_path: str):
     return set_fields(config, TINY_MODEL)
 
 
-def random_batch(config, num_hois: int, num_verbs: int, num_objects: int, batch_size: int,
+def random_batch(config, num_hois: int, num_objects: int, batch_size: int,
                  seed: int = 0) -> dict:
     """A batch in the contract of docs/design.md with random but valid content."""
     rng = np.random.default_rng(seed)
@@ -123,7 +125,6 @@ def random_batch(config, num_hois: int, num_verbs: int, num_objects: int, batch_
         "obj_labels": rng.integers(0, num_objects, (batch_size, m)).astype(np.int32),
         "obj_exists": pair_mask.copy(),
         "hoi_labels": hoi_labels.astype(np.float32),
-        "verb_labels": np.zeros((batch_size, m, num_verbs), np.float32),
         "pair_mask": pair_mask,
         "image_id": np.arange(batch_size, dtype=np.int32),
         "orig_size": np.full((batch_size, 2), h, np.int32),

@@ -71,7 +71,7 @@ def test_train_step_losses_equal_with_either_backend(tmp_path):
     tx = optax.adamw(1e-2)
     initial = jax.device_get(
         train_step_lib.init_state(model.init(jax.random.PRNGKey(0)), {}, tx, seed=0))
-    batch = helpers.random_batch(config, tables.num_hois, tables.num_verbs, tables.num_objects,
+    batch = helpers.random_batch(config, tables.num_hois, tables.num_objects,
                                  4, seed=1)
     mesh = sharding.make_mesh(jax.devices()[:2])
     results = {}

@@ -93,7 +93,8 @@ def test_variants_combine():
     varied = config_of("hico_zs.py", "setting=unseen_object,q_inter=mix2x2,verb_features=seed")
     assert (varied.model.q_inter, varied.model.verb_features) == (
         "mix2x2", "params/verb_features/hico_unseen_object_seed.npy")
-    varied.model.q_inter, varied.model.verb_features = "mean", ""
+    varied.model.q_inter = "mean"
+    varied.model.verb_features = "params/verb_features/hico_unseen_object_original.npy"
     assert varied.to_dict() == base  # nothing else changed
     assert config_of("hico_frac.py", "frac=15,verb_features=original").model.verb_features == \
         "params/verb_features/hico_original.npy"  # the full set's E_v, as the reference
@@ -119,7 +120,7 @@ def test_zero_shot_fields_are_one_setting():
     ("hico.py", "mix2x2", "option 'mix2x2' is not key=value"),
     ("hico5p.py", "frac=15", "unknown option 'frac'"),
     ("vcoco.py", "q_inter=mix2x2,q_inter=mean", "option 'q_inter' given twice"),
-    ("hico.py", "verb_features=ours", "verb_features='ours' is not one of text|original|seed"),
+    ("hico.py", "verb_features=ours", "verb_features='ours' is not one of original|text|seed"),
 ])
 def test_bad_arguments_fail_with_the_choices(name, arg, message):
     with pytest.raises(ValueError) as e:

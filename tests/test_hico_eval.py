@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hoiclip_jax.eval import scoring
-from hoiclip_jax.eval.protocols import hico
+from hoiclip_jax.eval.protocols import hico, hico_fixture, hico_topk
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
 REPO = pathlib.Path(__file__).parent.parent
@@ -51,7 +51,7 @@ def _assert_matches_expected(got, expected):
 
 @pytest.fixture(scope="module", params=["h1_default", "h2_easy"])
 def fixture(request):
-    images, meta = hico.load_fixture(str(FIXTURES / f"{request.param}.json"))
+    images, meta = hico_fixture.load_fixture(str(FIXTURES / f"{request.param}.json"))
     return images, meta
 
 
@@ -174,7 +174,7 @@ def test_topk_to_evaluation_end_to_end():
     topk = scoring.hico_topk(hoi_logits, obj_logits, sub, obj, jnp.array([[100, 200]]),
                                  jnp.array([0, 1, 1]), k=6)
     topk = {k: np.asarray(v)[0] for k, v in topk.items()}  # one image, as prediction_from_topk
-    pred = hico.prediction_from_topk(topk, use_nms=True, nms_threshold=0.7, nms_alpha=1.0,
+    pred = hico_topk.prediction_from_topk(topk, use_nms=True, nms_threshold=0.7, nms_alpha=1.0,
                                      nms_beta=0.5)
     assert pred["pred_boxes"].shape == (4, 4)  # N subject boxes, then N object boxes
     np.testing.assert_allclose(pred["pred_boxes"][[0, 2]], gt_boxes, atol=1e-4)
@@ -190,8 +190,8 @@ def test_predictions_from_topk_applies_nms():
     boxes = np.array([[[0, 0, 9, 9], [0, 0, 9, 9.5]]], float)
     topk = {"scores": np.array([[0.9, 0.8, 0.7]]), "hoi_ids": np.array([[4, 4, 3]]),
             "query_ids": np.array([[0, 1, 1]]), "sub_xyxy": boxes, "obj_xyxy": boxes}
-    no_nms, = hico.predictions_from_topk(topk, False, 0.7, 1.0, 0.5)
-    nms, = hico.predictions_from_topk(topk, True, 0.7, 1.0, 0.5)
+    no_nms, = hico_topk.predictions_from_topk(topk, False, 0.7, 1.0, 0.5)
+    nms, = hico_topk.predictions_from_topk(topk, True, 0.7, 1.0, 0.5)
     assert len(no_nms["pred_hois"]) == 3
     # Queries 0 and 1 nearly coincide: class 4 keeps query 0 only; class 3 is untouched.
     np.testing.assert_array_equal(nms["pred_hois"], no_nms["pred_hois"][[0, 2]])
@@ -199,7 +199,8 @@ def test_predictions_from_topk_applies_nms():
 
 def test_cli_prints_expected_json_for_h2():
     path = FIXTURES / "h2_easy.json"
-    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.hico", "--fixture",
+    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.hico_fixture",
+                          "--fixture",
                           str(path)], capture_output=True, text=True, check=True, cwd=REPO)
     printed = json.loads(out.stdout)
     expected = json.loads(path.read_text())["expected"]

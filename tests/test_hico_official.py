@@ -9,7 +9,7 @@ import scipy.io
 
 from data_pipeline.class_tables import TABLES_DIR, read_class_tables
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax.eval.protocols import hico
+from hoiclip_jax.eval.protocols import anno_mat, hico, hico_fixture
 from hoiclip_jax.eval.protocols import hico_export
 from hoiclip_jax.eval.protocols import hico_official as official
 
@@ -247,7 +247,7 @@ def _write_anno_bbox(path, drop_field=None):
 def test_read_anno_bbox_struct_layout(tmp_path):
     path = str(tmp_path / "anno_bbox.mat")
     _write_anno_bbox(path)
-    gt = official.read_anno_bbox(path)
+    gt = anno_mat.read_anno_bbox(path)
     assert gt.file_names == ("HICO_test2015_00000001.jpg", "HICO_test2015_00000002.jpg")
     np.testing.assert_array_equal(gt.image, [0, 0, 0])
     np.testing.assert_array_equal(gt.cls, [2, 2, 599])
@@ -258,9 +258,9 @@ def test_read_anno_bbox_struct_layout(tmp_path):
     bad = str(tmp_path / "bad.mat")
     _write_anno_bbox(bad, drop_field="hoi")
     with pytest.raises(ValueError, match=r"bad\.mat.*bbox_test\(1\).*'hoi'"):
-        official.read_anno_bbox(bad)
+        anno_mat.read_anno_bbox(bad)
     with pytest.raises(ValueError, match=r"no field 'bbox_train'"):
-        official.read_anno_bbox(path, "train")
+        anno_mat.read_anno_bbox(path, "train")
 
 
 def test_read_anno_image_labels_and_known_object(tmp_path):
@@ -270,7 +270,7 @@ def test_read_anno_image_labels_and_known_object(tmp_path):
     labels[C, 1], labels[OTHER, 0] = 1, 1
     path = str(tmp_path / "anno.mat")
     scipy.io.savemat(path, {"list_test": names, "anno_test": labels})
-    read = official.read_anno_image_labels(path)
+    read = anno_mat.read_anno_image_labels(path)
     assert read.file_names == ("b.jpg", "a.jpg")
     np.testing.assert_array_equal(read.labels, labels)
     records = [_record("a.jpg", [(C, H, O)]), _record("b.jpg", [(OTHER, H, O)])]
@@ -279,7 +279,7 @@ def test_read_anno_image_labels_and_known_object(tmp_path):
     assert ko["known_object"]["per_class"][C]["ap"] == _ap(11)
     scipy.io.savemat(path, {"list_test": names, "anno_test": labels[:, :1]})
     with pytest.raises(ValueError, match=r"anno\.mat.*'anno_test'"):
-        official.read_anno_image_labels(path)
+        anno_mat.read_anno_image_labels(path)
 
 
 def test_export_reads_back_to_the_same_detections(tmp_path):
@@ -314,5 +314,6 @@ def test_export_reads_back_to_the_same_detections(tmp_path):
     from_files = official.evaluate_official(gt, back, RARE, HOI_TO_OBJ)
     direct = official.evaluate_predictions(gt, predictions, RARE, HOI_TO_OBJ, max_per_class=1)
     for setting in official.SETTINGS:
-        assert hico.result_to_json(from_files[setting]) == hico.result_to_json(direct[setting])
+        assert (hico_fixture.result_to_json(from_files[setting])
+                == hico_fixture.result_to_json(direct[setting]))
     assert from_files["default"]["mAP"] > 0

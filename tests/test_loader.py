@@ -68,8 +68,7 @@ def test_train_batches_follow_the_contract(data):
     with_hois = loader.training_records(train)
     assert 0 < len(with_hois) < len(train)  # the tiny set has images without interactions
     assert len(batches) == loader.steps_per_epoch(len(with_hois), 4) == len(with_hois) // 4
-    expected = dict(CONTRACT, hoi_labels=((8, tables.num_hois), np.float32),
-                    verb_labels=((8, tables.num_verbs), np.float32))
+    expected = dict(CONTRACT, hoi_labels=((8, tables.num_hois), np.float32))
     for b in batches:
         assert {k: (v.shape[1:], v.dtype) for k, v in b.items()} == expected
         assert all(v.shape[0] == 4 for v in b.values())
@@ -162,7 +161,7 @@ def test_demo_batches_are_the_frozen_light_examples(data):
             image = loader.load_image(os.path.join(images, "train2015"), record)
             old = frozen.train_example(image, record, tables, config,
                                        np.random.default_rng([5, 2, image_id]))
-            for k in old:
+            for k in set(old) - {"verb_labels"}:  # the frozen copy still makes them
                 np.testing.assert_array_equal(batch[k][row], old[k], err_msg=k)
 
 

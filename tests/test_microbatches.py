@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     config.model.dropout = 0.0
     tables = class_tables.load_class_tables(config.dataset)
     model, tx, _, state = state_io.build_state(config, tables, steps_per_epoch=10)
-    batch = helpers.random_batch(config, tables.num_hois, tables.num_verbs, tables.num_objects,
+    batch = helpers.random_batch(config, tables.num_hois, tables.num_objects,
                                  GLOBAL_BATCH, seed=3)
     return config, model, tx, jax.device_get(state), batch
 

@@ -63,7 +63,7 @@ def test_bfloat16_forward_of_the_demo_model_is_close_to_float32(table_path):
     _, _, model32 = demo_model(table_path, "float32")
     # Params stay float32 under a bfloat16 model (fill_params asserts it leaf by leaf).
     params = param_fill.fill_params(hoiclip.abstract_params(model16, config.dataset), seed=0)
-    batch = helpers.random_batch(config, tables.num_hois, tables.num_verbs, tables.num_objects,
+    batch = helpers.random_batch(config, tables.num_hois, tables.num_objects,
                                  batch_size=4)
     inputs = (batch["image"], batch["pixel_mask"], batch["clip_image"])
     apply = lambda model: lambda p, *x: model.apply({"params": p}, *x, train=False)
@@ -102,7 +102,7 @@ def test_bfloat16_train_step_keeps_float32_state_and_lowers_the_loss(table_path)
     step = train_step_lib.make_train_step(
             model, tx, matching.build_matcher(config.matcher, mesh), config.loss, mesh)
     batch = sharding.put_batch(helpers.random_batch(
-            config, tables.num_hois, tables.num_verbs, tables.num_objects, batch_size=4), mesh)
+            config, tables.num_hois, tables.num_objects, batch_size=4), mesh)
     state = sharding.put_replicated(state, mesh)
     step = step.lower(state, batch).compile(compiler_options=FAST_COMPILE)
     losses = []

@@ -27,7 +27,7 @@ from hoiclip_jax.eval import inference, loading, scorers, visualize
 from hoiclip_jax.eval import predict_cli as predict
 from hoiclip_jax.lib import checkpoints, sharding
 from hoiclip_jax.train import optim
-from hoiclip_jax.eval.protocols import hico as hico_metrics
+from hoiclip_jax.eval.protocols import hico_topk
 from hoiclip_jax.eval.protocols import vcoco as vcoco_metrics
 from hoiclip_jax.models import hoiclip
 from hoiclip_jax.lib.config_files import load_config
@@ -211,7 +211,7 @@ def test_predictor_gives_the_evaluators_triplets(run):
     expected = evaluator_topk(config, tables, params, os.path.dirname(images[0]),
                               [os.path.basename(p) for p in images])
     e = config.eval
-    evaluated = hico_metrics.predictions_from_topk(
+    evaluated = hico_topk.predictions_from_topk(
         {k: np.stack([p[k] for p in expected]) for k in expected[0]}, use_nms=e.use_nms,
         nms_threshold=e.nms_threshold, nms_alpha=e.nms_alpha, nms_beta=e.nms_beta)
     for path, want, want_eval, size in zip(images, expected, evaluated, IMAGE_SIZES):

@@ -30,7 +30,7 @@ def test_remat_keeps_outputs_and_gradients(tmp_path):
     tables = class_tables.load_class_tables(config.dataset)
     abstract = hoiclip.abstract_params(hoiclip.build_model(config.model, tables), config.dataset)
     params = param_fill.fill_params(abstract, seed=0)
-    batch = helpers.random_batch(config, tables.num_hois, tables.num_verbs, tables.num_objects, 2)
+    batch = helpers.random_batch(config, tables.num_hois, tables.num_objects, 2)
     plain = _outputs_and_grads(config, tables, params, batch)
     config.model.remat = "nothing_saveable"
     rematerialised_model = hoiclip.build_model(config.model, tables)

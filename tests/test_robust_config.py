@@ -34,6 +34,22 @@ def test_train_entry_point_fails_before_any_work(tmp_path, override, message):
     assert not workdir.exists()  # nothing written
 
 
+def test_a_missing_required_file_stops_naming_it_and_its_command(tmp_path):
+    """The paper's E_v is the hico config's default: without its file the run stops before any
+    work, naming the file and the command that makes it; the stand-in needs the flag."""
+    workdir = tmp_path / "run"
+    for module in ("hoiclip_jax.train", "hoiclip_jax.evaluate"):
+        out = run(["--config", "configs/hico.py", "--workdir", str(workdir),
+                   "--config.model.verb_features=" + str(tmp_path / "hico_original.npy")],
+                  module)
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"E_v file {tmp_path / 'hico_original.npy'}" in out.stderr
+        assert "python -m hoiclip_jax.tools.verb_features" in out.stderr
+        assert "--config.allow_stand_ins=True" in out.stderr
+        assert not workdir.exists()
+
+
 def test_a_missing_config_is_named_and_predict_checks_its_overrides(tmp_path):
     for module in ("hoiclip_jax.train", "hoiclip_jax.evaluate"):
         out = run(["--workdir", str(tmp_path / "run")], module)
@@ -71,7 +87,8 @@ def test_unknown_paths_name_the_section_and_the_closest_key():
     config = demo.get_config()
     cli.check_override_path(config, "model.clip.embed_dim")  # exists: no error
     with pytest.raises(ValueError, match=r"--config.trian.batch_size: unknown config key 'trian'"
-                                         r"; config has dataset, .*Did you mean 'train'\?"):
+                                         r"; config has allow_stand_ins, dataset, .*"
+                                         r"Did you mean 'train'\?"):
         cli.check_override_path(config, "trian.batch_size")
     with pytest.raises(ValueError, match=r"unknown config key 'embed_dims'; config.model.clip "
                                          r"has .*Did you mean 'embed_dim'\?"):

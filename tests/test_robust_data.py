@@ -238,7 +238,7 @@ def test_more_gt_pairs_than_queries_match_and_train_finitely():
     config = helpers.tiny_config("")
     config.dataset.max_pairs = 6
     n, layers = 2, 2  # 2 queries, 6 real pairs in image 0
-    batch = helpers.random_batch(config, num_hois=5, num_verbs=3, num_objects=3, batch_size=2)
+    batch = helpers.random_batch(config, num_hois=5, num_objects=3, batch_size=2)
     assert batch["pair_mask"][0].sum() == 6
     rng = np.random.default_rng(0)
     outputs = {"hoi_logits": rng.normal(size=(layers, 2, n, 5)).astype(np.float32),

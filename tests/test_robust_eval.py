@@ -3,7 +3,7 @@ scores or boxes stop the evaluation with an error naming the image, never a sile
 import numpy as np
 import pytest
 
-from hoiclip_jax.eval.protocols import hico
+from hoiclip_jax.eval.protocols import hico, hico_topk
 
 H, O = [0, 0, 99, 99], [100, 0, 199, 99]
 
@@ -26,11 +26,11 @@ def test_non_finite_topk_names_the_image(field, index, bad, use_nms):
     names = ["HICO_test2015_00000001.jpg", "HICO_test2015_00000002.jpg", "c.jpg"]
     with pytest.raises(ValueError, match=rf"image 'HICO_test2015_00000002.jpg' \(#1\) .*"
                                          rf"non-finite value in '{field}'"):
-        hico.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5, names=names)
+        hico_topk.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5, names=names)
     with pytest.raises(ValueError, match=rf"image 1 has a non-finite value in '{field}'"):
-        hico.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5)
+        hico_topk.predictions_from_topk(topk, use_nms, 0.7, 1.0, 0.5)
     # Finite input goes through.
-    assert len(hico.predictions_from_topk(_topk(), use_nms, 0.7, 1.0, 0.5, names=names)) == 3
+    assert len(hico_topk.predictions_from_topk(_topk(), use_nms, 0.7, 1.0, 0.5, names=names)) == 3
 
 
 def test_evaluate_rejects_non_finite_predictions_naming_the_image():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipeline import class_tables, hico_reader
 from data_pipeline.synthetic import generate as synthetic, draw as synthetic_draw
-from data_pipeline.synthetic import scene
+from data_pipeline.synthetic import sampling, scene
 from data_pipeline.synthetic.scene import Person, Thing
 
 V = {name: i for i, name in enumerate(scene.VERBS)}
@@ -84,8 +84,8 @@ def test_deterministic_for_a_seed(tmp_path):
 @pytest.fixture(scope="module")
 def draw_2000():
     """The annotations of 2000 training scenes (sampling only, no drawing)."""
-    weights = scene.intent_weights()
-    return [scene.sample_scene(np.random.default_rng([0, 0, i]), weights)
+    weights = sampling.intent_weights()
+    return [sampling.sample_scene(np.random.default_rng([0, 0, i]), weights)
             for i in range(1, 2001)]
 
 
@@ -112,10 +112,10 @@ def test_long_tail_gives_rare_classes(draw_2000):
 
 
 def test_test_split_floor_shows_every_class():
-    weights = scene.intent_weights(floor=synthetic.TEST_WEIGHT_FLOOR)
+    weights = sampling.intent_weights(floor=synthetic.TEST_WEIGHT_FLOOR)
     seen = set()
     for i in range(1, 301):
-        lay = scene.sample_scene(np.random.default_rng([0, 1, i]), weights)
+        lay = sampling.sample_scene(np.random.default_rng([0, 1, i]), weights)
         seen |= {scene.HOI_INDEX[(v, lay.things[t].kind)] for _, t, v in lay.triplets}
     assert seen == set(range(len(scene.HOIS)))
 
@@ -174,10 +174,10 @@ def test_look_goes_to_the_nearest_thing_on_the_faced_side():
 
 
 def test_rendered_colours_and_tight_boxes():
-    weights = scene.intent_weights()
+    weights = sampling.intent_weights()
     for i in range(20):
         rng = np.random.default_rng([5, 0, i])
-        lay = scene.sample_scene(rng, weights)
+        lay = sampling.sample_scene(rng, weights)
         pic = synthetic_draw.render(lay, rng)
         assert pic.pixels.shape == (lay.height, lay.width, 3)
         for k, p in enumerate(lay.persons):  # placement relies on the analytic person box

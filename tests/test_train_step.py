@@ -23,8 +23,8 @@ def setup(tmp_path_factory):
     tables = class_tables.load_class_tables(config.dataset)
     model, tx, _, state = state_io.build_state(config, tables, steps_per_epoch=10)
     state = jax.device_get(state)  # host copy: each run donates its own device buffers
-    batches = [helpers.random_batch(config, tables.num_hois, tables.num_verbs,
-                                    tables.num_objects, GLOBAL_BATCH, seed=s)
+    batches = [helpers.random_batch(config, tables.num_hois, tables.num_objects, GLOBAL_BATCH,
+                                    seed=s)
                for s in range(NUM_STEPS)]
     return config, model, tx, state, batches
 

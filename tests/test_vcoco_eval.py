@@ -13,7 +13,7 @@ import pytest
 
 from data_pipeline import class_tables
 from hoiclip_jax.eval import scoring
-from hoiclip_jax.eval.protocols import vcoco, vcoco_official
+from hoiclip_jax.eval.protocols import vcoco, vcoco_files, vcoco_official
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vcoco_eval" / "v1_default.json"
 REPO = pathlib.Path(__file__).parent.parent
@@ -363,7 +363,7 @@ def _write_vcoco_files(tmp_path, nested=False):
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_read_vcoco_gt(tmp_path, nested):
-    gt = vcoco_official.read_vcoco_gt(*_write_vcoco_files(tmp_path, nested))
+    gt = vcoco_files.read_vcoco_gt(*_write_vcoco_files(tmp_path, nested))
     assert gt.actions == ("hold", "stand", "hit")
     assert gt.roles == (("obj",), (), ("instr", "obj"))
     assert gt.entry_names == ["hold_obj", "hit_instr", "hit_obj"]
@@ -384,12 +384,12 @@ def test_read_vcoco_gt_errors(tmp_path):
     vcoco_json, instances, ids = _write_vcoco_files(tmp_path)
     (tmp_path / "other.ids").write_text("10\n12\n")
     with pytest.raises(ValueError, match="not those of"):
-        vcoco_official.read_vcoco_gt(vcoco_json, instances, str(tmp_path / "other.ids"))
+        vcoco_files.read_vcoco_gt(vcoco_json, instances, str(tmp_path / "other.ids"))
     data = json.loads(pathlib.Path(vcoco_json).read_text())
     data[0]["role_object_id"] = [1, 2, 7, 4, 0, 0]  # ann 4 has zero area: not a valid box
     pathlib.Path(vcoco_json).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="'hold' role 'obj' of person ann 1 names ann 4"):
-        vcoco_official.read_vcoco_gt(vcoco_json, instances, ids)
+        vcoco_files.read_vcoco_gt(vcoco_json, instances, ids)
 
 
 def test_detections_from_topk_export_and_round_trip():

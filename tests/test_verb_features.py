@@ -20,7 +20,6 @@ from data_pipeline.hico_reader import HoiRecord
 from data_pipeline.transforms import clip_view
 from hoiclip_jax.lib import sharding
 from hoiclip_jax.weights import verb_features as ev
-from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.clip import CLIP, ClipSpec
 from hoiclip_jax.tools import verb_features as tool
 from tests.helpers import tiny_config

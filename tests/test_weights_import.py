@@ -23,7 +23,7 @@ from hoiclip_jax.models import hoiclip
 from hoiclip_jax.models.attention import MultiheadAttention
 from hoiclip_jax.tools import import_weights
 from hoiclip_jax.weights.pretrained import load_pretrained
-from hoiclip_jax.weights import detr_import, hoiclip_import, mapping, torch_pickle
+from hoiclip_jax.weights import detr_import, hoiclip_import, mapping, torch_pickle, torch_unpickler
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 PTH = os.path.join(FIXTURES, "pth")
@@ -62,7 +62,7 @@ def test_reads_state_dicts_written_by_torch(name, expected):
     assert state["counter"].shape == () and state["counter"] == 7
     if name.startswith("wrapped"):
         assert extras["epoch"] == 3
-        assert isinstance(extras["args"], torch_pickle.PickledNamespace)
+        assert isinstance(extras["args"], torch_unpickler.PickledNamespace)
         assert vars(extras["args"]) == meta["args"]
         exp_avg = extras["optimizer"]["state"][0]["exp_avg"]
         assert isinstance(exp_avg, torch_pickle.TensorRef)  # not read until asked for
@@ -119,7 +119,7 @@ def test_refuses_pickled_code(writer, tmp_path):
 
 def test_rejects_views_outside_their_storage_and_non_checkpoints(tmp_path):
     source = types.SimpleNamespace(path="x.pth", read=lambda key, dtype: np.zeros(4, dtype))
-    storage = torch_pickle._Storage(source, "0", np.dtype(np.float32), 4)
+    storage = torch_unpickler._Storage(source, "0", np.dtype(np.float32), 4)
     np.testing.assert_array_equal(
             torch_pickle.TensorRef(storage, 1, (3,), (1,)).numpy(), np.zeros(3))
     with pytest.raises(torch_pickle.PthFormatError, match="reaches element 4 of 4"):

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.synthetic import draw
-from data_pipeline.synthetic import scene
+from data_pipeline.synthetic import sampling, scene
 
 RARE_THRESHOLD = 10  # as eval.rare_threshold: HOI classes with < 10 training instances
 SPLITS = {"train": ("train2015", "trainval_hico.json"), "test": ("test2015", "test_hico.json")}
@@ -81,12 +81,12 @@ def generate_split(out: str, split: str, seed: int, num_images: int) -> list[dic
     folder, _ = SPLITS[split]
     image_dir = os.path.join(out, "images", folder)
     os.makedirs(image_dir, exist_ok=True)
-    weights = scene.intent_weights(floor=TEST_WEIGHT_FLOOR if split == "test" else 0.0)
+    weights = sampling.intent_weights(floor=TEST_WEIGHT_FLOOR if split == "test" else 0.0)
     records = []
     for i in range(1, num_images + 1):
         # One generator per image: an image depends only on (seed, split, index).
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
-        picture = draw.render(scene.sample_scene(rng, weights), rng)
+        picture = draw.render(sampling.sample_scene(rng, weights), rng)
         file_name = f"HICO_{folder}_{i:08d}.jpg"
         Image.fromarray(picture.pixels).save(os.path.join(image_dir, file_name),
                                              quality=JPEG_QUALITY)

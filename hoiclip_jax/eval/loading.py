@@ -98,7 +98,8 @@ class ConfigFieldsError(ValueError):
 
 def check_config_fields(config, where: str) -> None:
     """Raises ConfigFieldsError listing the fields of this version's configs
-    (`hoiclip_jax.lib.config_base`) that the saved `config` lacks: a workdir written by an older version, whose model this
+    (`hoiclip_jax.lib.config_base`) that the saved `config` lacks: a workdir written by an older
+    version, whose model this
     version might build differently. Pass the run's config file instead."""
     flat = lambda c: {k for k in traverse_util.flatten_dict(c.to_dict(), sep=".")
                       if not k.startswith(FREE_FORM_FIELDS)}
@@ -119,8 +120,8 @@ def params_from_weights(path: str, config, tables) -> dict:
     what stays at init.
     """
     model = hoiclip.build_model(config.model, tables)
-    params, report = pretrained.load_pretrained(path, hoiclip.abstract_params(model, config.dataset),
-                                             config, tables)
+    abstract = hoiclip.abstract_params(model, config.dataset)
+    params, report = pretrained.load_pretrained(path, abstract, config, tables)
     if not report.left_at_init:
         return jax.tree.map(np.asarray, params)
     logging.warning("%s does not hold the whole model; the rest is initialised from the config "

@@ -11,11 +11,13 @@ one row per TFE k, prints the table (percent), and writes the metrics JSON (frac
 row's values at the top level, every row under "rows") and the predictions (.npz).
 """
 import json
+import logging
 import os
+import sys
 from typing import Optional
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_pipeline import class_tables, required_files
 from hoiclip_jax.lib import checkpoints, cli, sharding
@@ -146,8 +148,12 @@ def main(argv):
     tfe_k = parse_tfe_k(FLAGS.tfe_k)
     if tfe_k is not None:
         config.eval.tfe_k = tfe_k
-    metrics, predictions, evaluator, report = run(config, workdir, FLAGS.checkpoint,
-                                                  FLAGS.untrained, FLAGS.protocol)
+    try:
+        metrics, predictions, evaluator, report = run(config, workdir, FLAGS.checkpoint,
+                                                      FLAGS.untrained, FLAGS.protocol)
+    except required_files.MissingFileError as e:
+        logging.error("%s", e)
+        sys.exit(1)
     out = FLAGS.out or os.path.join(workdir, "eval_metrics.json")
     rows = dict(report.rows)
     if FLAGS.compare:

@@ -1,5 +1,5 @@
 """Triplet NMS on the host (numpy), reference §7.1: `triplet_nms` / `triplet_nms_batch`
-reproduce the reference's `use_nms_filter` (rule 8 of `shared/fixtures/hico_eval/README.md`)
+reproduce the reference's `use_nms_filter` (rule 8 of `tests/fixtures/hico_eval/README.md`)
 decision for decision, vectorised over all images at once so that a whole test set takes about a
 second.
 """

@@ -10,7 +10,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from hoiclip_jax.eval import scorers
-from hoiclip_jax.eval.scorers import Column  # noqa: F401  (the rows' column type)
 
 
 @dataclasses.dataclass(frozen=True)

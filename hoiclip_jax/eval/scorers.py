@@ -26,7 +26,8 @@ from data_pipeline.hico_reader import HoiRecord
 from data_pipeline import datasets
 from hoiclip_jax.eval import scoring
 from hoiclip_jax.eval.protocols import hico as hico_metrics
-from hoiclip_jax.eval.protocols import hico_official, vcoco_official
+from hoiclip_jax.eval.protocols import anno_mat, hico_official, hico_topk, vcoco_files
+from hoiclip_jax.eval.protocols import vcoco_official
 from hoiclip_jax.eval.protocols import vcoco as vcoco_metrics
 
 
@@ -58,7 +59,7 @@ def hico_eval_images(predictions: list[dict], records: list[HoiRecord], eval_con
     """Top-k predictions (+ triplet NMS when `eval.use_nms`) and the GT of each record, as the
     `EvalImage`s of `protocols.hico`."""
     stacked = stack_predictions(predictions)
-    images = hico_metrics.predictions_from_topk(
+    images = hico_topk.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
         nms_alpha=eval_config.nms_alpha, nms_beta=eval_config.nms_beta,
         names=[r.file_name for r in records])
@@ -104,18 +105,18 @@ def read_official_files(config, tables) -> OfficialFiles:
     if not os.path.exists(path):
         raise FileNotFoundError(f"protocol 'official' needs {path} (the HICO-Det release's "
                                 f"anno_bbox.mat)")
-    gt = hico_official.read_anno_bbox(path, "test")
+    gt = anno_mat.read_anno_bbox(path, "test")
     labels_path = os.path.join(root, "anno.mat")
     labels = None
     if os.path.exists(labels_path):
-        labels = hico_official.read_anno_image_labels(labels_path, "test")
+        labels = anno_mat.read_anno_image_labels(labels_path, "test")
     else:
         logging.warning("%s not found: Known-Object uses image labels derived from the GT "
                         "boxes, not the official ones", labels_path)
     if config.dataset.zero_shot != "none":
         groups = datasets.class_groups(config, tables, np.zeros(tables.num_hois))
     else:  # eval_one.m: rare = < 10 instances in anno_bbox.mat's training split
-        counts = hico_official.instance_counts(hico_official.read_anno_bbox(path, "train"),
+        counts = hico_official.instance_counts(anno_mat.read_anno_bbox(path, "train"),
                                                tables.num_hois)
         groups = datasets.class_groups(config, tables, counts)
     return OfficialFiles(gt, labels, groups)
@@ -208,7 +209,7 @@ def read_vcoco_files(config, tables) -> VcocoFiles:
     paths = [os.path.join(root, "data", f) for f in VCOCO_OFFICIAL_FILES]
     official = None
     if all(os.path.exists(p) for p in paths):
-        official = vcoco_official.read_vcoco_gt(*paths)
+        official = vcoco_files.read_vcoco_gt(*paths)
     else:
         logging.info("official V-COCO role AP skipped: needs %s", ", ".join(paths))
     return VcocoFiles(mat, tuple(raw["thesis_verb_ids"]), official)
@@ -330,7 +331,7 @@ class VcocoScorer:
 
 def hico_image_predictions(stacked: dict, eval_config) -> list[dict]:
     """HICO-Det's per-image triplets from stacked top-k: the triplet NMS of `eval_config`."""
-    return hico_metrics.predictions_from_topk(
+    return hico_topk.predictions_from_topk(
         stacked, use_nms=eval_config.use_nms, nms_threshold=eval_config.nms_threshold,
         nms_alpha=eval_config.nms_alpha, nms_beta=eval_config.nms_beta)
 

@@ -209,7 +209,7 @@ class CLIP(nn.Module):
         self.vision_model = VisionTransformer(s, self.dtype)
         self.text_model = TextTransformer(s, self.dtype)
         # The projections into the joint space run in float32 whatever `dtype`: their outputs
-        # are L2-normalised and compared by cosine with the text classifiers (§1.5.5, §1.6).
+        # are L2-normalised and compared by cosine with the text classifiers (§1.5 step 5, §1.6).
         self.visual_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=jnp.float32,
                                           kernel_init=normal(s.vision_width ** -0.5))
         self.text_projection = nn.Dense(s.embed_dim, use_bias=False, dtype=jnp.float32,

@@ -5,7 +5,8 @@ queries to the CLIP tokens and to the projected DETR memory with ONE cross-atten
 ONE LayerNorm shared by both branches, and adds the two post-norm results (the residual is thus
 counted twice). There are no positional encodings, and the reference masks nothing: padded
 memory positions are attended (`memory_mask=None`); `config.model.mask_padded_memory` passes the
-DETR key mask instead, so that the padding of an image cannot move its scores. Dropout: the reference's 0.1 on residual branches, inside the FFN
+DETR key mask instead, so that the padding of an image cannot move its scores. Dropout: the
+reference's 0.1 on residual branches, inside the FFN
 and on attention probabilities.
 """
 from typing import Any

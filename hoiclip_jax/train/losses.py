@@ -5,7 +5,7 @@ layer (L - 1) unsuffixed, aux layer l as `<term>_<l>`.
 
 Normalisers (`loss_config.normalizer`): 'global' divides each term by a count over the whole batch
 given; inside `jit` over a sharded batch that is the global batch. 'per_device' reproduces the
-reference on D GPUs (§2.2, §11.6): the batch is cut into D contiguous groups (the shards of the
+reference on D GPUs (§2.2, §11 item 6): the batch is cut into D contiguous groups (the shards of the
 'data' mesh axis), the focal, object-CE and object-box terms of each group are divided by the
 group's own count, the subject-box terms by the global pair count / D, and the D group losses are
 averaged (DDP averages the per-GPU gradients). Both modes are one code path: 'global' is one group.

@@ -18,13 +18,14 @@ mAP, when `eval_every_epochs > 0`), metrics.jsonl and tensorboard/ (see run_log.
 import dataclasses
 import logging
 import math
+import sys
 import time
 from typing import Callable, Optional
 
 import jax
 import numpy as np
 import tqdm
-from absl import app, flags
+from absl import flags
 
 from data_pipeline import class_tables, loader, required_files, sources
 from data_pipeline.class_tables import ClassTables
@@ -316,5 +317,9 @@ def main(argv):
     del argv
     cli.setup_logging()
     cli.initialize_distributed(FLAGS.multihost)
-    train(FLAGS.config, FLAGS.workdir)
+    try:
+        train(FLAGS.config, FLAGS.workdir)
+    except required_files.MissingFileError as e:
+        logging.error("%s", e)
+        sys.exit(1)
 

@@ -4,7 +4,7 @@ from typing import Optional
 
 import jax
 
-from hoiclip_jax.lib import checkpoints, sharding
+from hoiclip_jax.lib import checkpoints
 from hoiclip_jax.train import optim, step as train_step
 from hoiclip_jax.weights import pretrained
 from hoiclip_jax.weights import classifiers

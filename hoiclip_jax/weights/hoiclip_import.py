@@ -1,6 +1,6 @@
 """Released HOICLIP checkpoints (`{'model': state_dict}`, reference §1, §4.3) -> our params.
 
-Key names are those of `HOICLIP.state_dict()` (tables: shared/data/hoiclip_state_dict.json). The
+Key names are those of `HOICLIP.state_dict()` (tables: tests/fixtures/hoiclip_state_dict.json). The
 DETR part uses `detr_import.DETR_RULES`; the rest:
 - `transformer.clip_interaction_decoder.layers.{i}.*`, `.norm` -> `interaction/layer{i}/*`,
   `interaction/norm`;

@@ -1,4 +1,4 @@
-"""The verb class representation E_v from CLIP embeddings of GT crops (reference §5, §11.9).
+"""The verb class representation E_v from CLIP embeddings of GT crops (reference §5, §11 item 9).
 
 Each HOI annotation (subject, object, verb) of a training image gives three crops of the raw,
 un-augmented image, cut at the raw GT boxes (xyxy pixels of the original image): the human box,

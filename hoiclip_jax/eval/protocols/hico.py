@@ -1,7 +1,7 @@
 """HICO-Det evaluation in the python protocol of HOICLIP (reference §8.1), exact and vectorised.
 
 `evaluate` reproduces the reference evaluator (`HICOEvaluator` of `hico_eval_triplet.py`)
-following rules 1-7 of `shared/fixtures/hico_eval/README.md`, quirks included:
+following rules 1-7 of `tests/fixtures/hico_eval/README.md`, quirks included:
   1. +1-pixel IoU with a strict overlap test on the raw coordinates; a box matches at
      IoU >= overlap_iou whatever its class.
   2. Per image, triplets in descending score (stable). A triplet's candidate GT HOIs are those of
@@ -22,20 +22,16 @@ for an IoU within that distance of the threshold or two candidate GT HOIs within
 other), and the per-class sort by score is stable (the reference's `np.argsort(-score)` orders
 tied scores arbitrarily).
 
-Run on a fixture (`hico_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.hico --fixture FILE`.
+Run on a fixture (`hico_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.hico_fixture
+--fixture FILE`.
 """
-import argparse
-import json
 import math
-import sys
 from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
-from hoiclip_jax.eval import nms, scoring
+from hoiclip_jax.eval import nms
 from hoiclip_jax.eval.protocols import ap as ap_lib
-
-FIXTURE_SCHEMA = "hico_eval_fixture/v1"
 
 
 class EvalImage(TypedDict):
@@ -319,72 +315,6 @@ def _flatten_gts(images: Sequence[Mapping], num_hois: int) -> _Gts:
                 hois[:, 2])
 
 
-def prediction_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_threshold: float,
-                         nms_alpha: float, nms_beta: float) -> dict:
-    """`predictions_from_topk` for one image (`scores` [k], ..., `sub_xyxy` [N, 4]).
-
-    For a whole test set, stack the images and call `predictions_from_topk` once: its NMS is
-    vectorised over images, ~4x faster than one call per image on the HICO test set.
-    """
-    batched = {key: np.asarray(value)[None] for key, value in topk.items()}
-    return predictions_from_topk(batched, use_nms, nms_threshold, nms_alpha, nms_beta)[0]
-
-
-def predictions_from_topk(topk: Mapping[str, np.ndarray], use_nms: bool, nms_threshold: float,
-                          nms_alpha: float, nms_beta: float,
-                          names: Optional[Sequence[str]] = None) -> list[dict]:
-    """Turns `scoring.hico_topk` output for B images into `evaluate`'s prediction fields.
-
-    As in the reference, each image's box list is its N subject boxes then its N object boxes,
-    and triplet j of query q is (subject id q, object id N + q, HOI class, score).
-
-    Args:
-      topk: `hico_topk` output as numpy (`scores`, `hoi_ids`, `query_ids` [B, k], `sub_xyxy`,
-        `obj_xyxy` [B, N, 4]); one image is B = 1.
-      use_nms: apply the triplet NMS (`config.eval.use_nms`).
-      nms_threshold, nms_alpha, nms_beta: its parameters (`config.eval.nms_*`).
-      names: the B images' file names, for errors (default: their positions).
-
-    Returns:
-      B dicts with `pred_boxes` [2N, 4] and `pred_hois` [k' <= k, 4] (float64); add `gt_boxes`
-      and `gt_hois` to make an `EvalImage`.
-
-    Raises:
-      ValueError: a non-finite score or box (a diverged model), naming the first such image:
-        it would otherwise be dropped or mis-ranked and give a silently wrong mAP.
-    """
-    _check_finite_topk(topk, names)
-    scores = np.asarray(topk["scores"], np.float64)
-    queries = np.asarray(topk["query_ids"], np.float64)
-    boxes = np.concatenate([np.asarray(topk["sub_xyxy"], np.float64),
-                            np.asarray(topk["obj_xyxy"], np.float64)], axis=1)
-    num_queries = boxes.shape[1] // 2
-    hois = np.stack([queries, queries + num_queries,
-                     np.asarray(topk["hoi_ids"], np.float64), scores], axis=-1)
-    if not use_nms:
-        return [{"pred_boxes": b, "pred_hois": h} for b, h in zip(boxes, hois)]
-    batch, k = scores.shape
-    sub = np.take_along_axis(boxes, queries.astype(np.int64)[..., None], axis=1)  # [B, k, 4]
-    obj = np.take_along_axis(boxes, (queries + num_queries).astype(np.int64)[..., None], axis=1)
-    keep = nms.triplet_nms_batch(np.repeat(np.arange(batch), k), sub.reshape(-1, 4),
-                                         obj.reshape(-1, 4), hois[..., 2].reshape(-1),
-                                         scores.reshape(-1), nms_threshold, nms_alpha, nms_beta)
-    per_image = np.split(keep % k, np.cumsum(np.bincount(keep // k, minlength=batch))[:-1])
-    return [{"pred_boxes": b, "pred_hois": h[kept]} for b, h, kept in zip(boxes, hois, per_image)]
-
-
-def _check_finite_topk(topk: Mapping[str, np.ndarray], names: Optional[Sequence[str]]) -> None:
-    for field in ("scores", "sub_xyxy", "obj_xyxy"):
-        value = np.asarray(topk[field], np.float64)
-        bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            image = f"image {i}" if names is None else f"image {names[i]!r} (#{i})"
-            raise ValueError(f"predictions: {image} has a non-finite value in '{field}' "
-                             f"({int(bad.sum())} of {len(value)} images have one); the model "
-                             f"output is NaN or inf, no mAP is computed")
-
-
 def apply_triplet_nms(images: Sequence[Mapping], threshold: float, alpha: float,
                       beta: float) -> list[dict]:
     """Copies of `images` whose `pred_hois` keep only the triplet-NMS survivors.
@@ -409,62 +339,3 @@ def triplet_nms_keep(images: Sequence[Mapping], threshold: float, alpha: float,
     kept_image = preds.image[keep]
     per_image = np.split(keep, np.cumsum(np.bincount(kept_image, minlength=len(images)))[:-1])
     return [k - first_row[i] for i, k in enumerate(per_image)]
-
-
-def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
-    """Reads a `hico_eval_fixture/v1` file (fixture README): the images and the rest of the file.
-
-    Returns:
-      (images, meta): `EvalImage`s (gt_hois with 4 columns), and the file's other top-level
-      fields (`hoi_classes`, `rare_hoi_ids`, `evaluator_config`, `expected`, ...).
-    """
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("schema") != FIXTURE_SCHEMA:
-        raise ValueError(f"{path}: field 'schema' is {meta.get('schema')!r}, expected "
-                         f"{FIXTURE_SCHEMA!r}")
-    images = []
-    for i, raw in enumerate(meta.pop("images")):
-        try:
-            images.append(EvalImage(
-                gt_boxes=np.array(raw["gt_boxes"], np.float64).reshape(-1, 4),
-                gt_hois=np.array(raw["gt_hois"], np.int64).reshape(-1, 4),
-                pred_boxes=np.array(raw["pred_boxes"], np.float64).reshape(-1, 4),
-                pred_hois=np.array(raw["pred_hois"], np.float64).reshape(-1, 4)))
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: image {i} ({raw.get('filename')}): {e!r}") from None
-    return images, meta
-
-
-def result_to_json(result: dict, per_key: str = "per_class") -> dict:
-    """An evaluation result with string class ids under `per_key` and NaN as None (strict
-    JSON); `protocols.vcoco` uses it with `per_key='per_verb'`."""
-    def clean(v):
-        return None if isinstance(v, float) and math.isnan(v) else v
-    out = {k: clean(v) for k, v in result.items() if k != per_key}
-    out[per_key] = {str(c): {k: clean(v) for k, v in stats.items()}
-                    for c, stats in result[per_key].items()}
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m hoiclip_jax.eval.protocols.hico",
-        description="Evaluates a hico_eval_fixture/v1 file without and with triplet NMS and "
-                    "prints one JSON object {\"no_nms\": ..., \"nms\": ...}.")
-    parser.add_argument("--fixture", required=True, help="path of the fixture JSON")
-    args = parser.parse_args(argv)
-    images, meta = load_fixture(args.fixture)
-    config = meta["evaluator_config"]
-    num_hois, rare = len(meta["hoi_classes"]), meta["rare_hoi_ids"]
-    no_nms = evaluate(images, rare, num_hois, config["overlap_iou"])
-    nms_images = apply_triplet_nms(images, config["thres_nms"], config["nms_alpha"],
-                                   config["nms_beta"])
-    with_nms = evaluate(nms_images, rare, num_hois, config["overlap_iou"])
-    json.dump({"no_nms": result_to_json(no_nms), "nms": result_to_json(with_nms)}, sys.stdout,
-              allow_nan=False)
-    sys.stdout.write("\n")
-
-
-if __name__ == "__main__":
-    main()

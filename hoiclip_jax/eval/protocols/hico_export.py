@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.io
 
+from hoiclip_jax.eval.protocols import anno_mat
 from hoiclip_jax.eval.protocols import hico_official as official
 
 
@@ -93,7 +94,7 @@ def read_detection_files(folder: str, hoi_to_obj: np.ndarray,
     parts = []
     for obj, first, end in object_hoi_ranges(hoi_to_obj):
         path = os.path.join(folder, detection_file_name(obj))
-        cells = np.asarray(official.load_mat(path, "all_boxes")["all_boxes"], object)
+        cells = np.asarray(anno_mat.load_mat(path, "all_boxes")["all_boxes"], object)
         if cells.shape != (end - first, num_images):
             raise ValueError(f"{path}: field 'all_boxes' has shape {cells.shape}, expected "
                              f"({end - first} HOI classes, {num_images} images)")

@@ -23,7 +23,8 @@ whose public functions are re-exported here.
 The IoU arithmetic is float64 where the reference used float32 scalars; the fixtures keep every
 IoU at least 1e-4 away from the threshold, so both agree on every match there.
 
-Run on a fixture (`vcoco_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.vcoco --fixture FILE`.
+Run on a fixture (`vcoco_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.vcoco --fixture
+FILE`.
 """
 import argparse
 import json
@@ -34,10 +35,12 @@ from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 import numpy as np
 
 from hoiclip_jax.eval.protocols import ap as ap_lib
-from hoiclip_jax.eval.protocols import hico
-from hoiclip_jax.eval.protocols.vcoco_official import VcocoGroundTruth, coco_image_id, detections_from_topk, read_vcoco_gt, role_ap, verb_action_role
+from hoiclip_jax.eval.protocols import hico, hico_fixture
+from hoiclip_jax.eval.protocols.vcoco_files import read_vcoco_gt
+from hoiclip_jax.eval.protocols.vcoco_official import (
+    VcocoGroundTruth, coco_image_id, detections_from_topk, role_ap, verb_action_role)
 
-__all__ = [  # the proxy here, the official role AP re-exported from `vcoco_official`
+__all__ = [  # the proxy here, the official role AP re-exported
     "EvalImage", "evaluate", "predictions_from_topk", "load_fixture", "result_to_json", "main",
     "VcocoGroundTruth", "read_vcoco_gt", "role_ap", "detections_from_topk", "verb_action_role",
     "coco_image_id"]
@@ -270,7 +273,7 @@ def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
 
 def result_to_json(result: dict) -> dict:
     """`evaluate`'s result with string verb ids and NaN as None (strict JSON)."""
-    return hico.result_to_json(result, per_key="per_verb")
+    return hico_fixture.result_to_json(result, per_key="per_verb")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
