@@ -15,12 +15,12 @@ RED = (230, 20, 20)
 BLUE = (20, 20, 230)
 
 
-@pytest.fixture(scope="module")
 def without_verb_labels(example: dict) -> dict:
     """The frozen copy still makes `verb_labels`, which nothing read and the live path dropped."""
     return {k: v for k, v in example.items() if k != "verb_labels"}
 
 
+@pytest.fixture(scope="module")
 def tables():
     # A small table in the synthetic schema; the V-COCO one is loaded where needed.
     return class_tables.ClassTables(

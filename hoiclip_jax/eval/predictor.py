@@ -10,8 +10,8 @@
 `Predictor` gives exactly the evaluator's triplets for an image: the same test transform
 (`data_pipeline.transforms.test_example`), the same top-k (k = `config.eval.max_hois`) and the
 same post-processing. HICO-Det (and the synthetic set): `scoring.hico_topk` over the HOI
-classes, then the triplet NMS of `protocols.hico_topk.predictions_from_topk` with `config.eval`.
-V-COCO:
+classes, then the triplet NMS of `protocols.hico_topk.predictions_from_topk` with
+`config.eval`. V-COCO:
 `scoring.vcoco_topk` over (query, verb-role) pairs with the verb-object validity of
 `scorers.vcoco_correct_mat` (the data set's `corre_vcoco.npy`, else the stand-in from the HOI
 table), no NMS, as the V-COCO evaluator. With `dataset.buckets` the evaluator pads each image

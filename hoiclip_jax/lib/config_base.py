@@ -183,10 +183,9 @@ def loss_config(dataset: str) -> mlc.ConfigDict:
             # Scope of the loss normalisers (number of positive HOI labels, object-CE weights,
             # pairs, existing object boxes). 'global': counts over the whole global batch, so the
             # loss does not depend on the number of devices (our default). 'per_device': the
-            # reference's per-GPU normalisers (§2.2, §11 item 6): each device's shard of the batch
-            # is
-            # normalised by its own counts (subject boxes by the global pair count / devices) and
-            # the device losses are averaged, as DDP averages gradients; for parity runs with
+            # reference's per-GPU normalisers (§2.2, §11 item 6): each device's shard of the
+            # batch is normalised by its own counts (subject boxes by the global pair count /
+            # devices) and the device losses are averaged, as DDP averages gradients; for parity runs with
             # the reference, whose results then depend on the device count.
             normalizer="global",
     ))
@@ -250,9 +249,8 @@ def eval_config() -> mlc.ConfigDict:
     e.nms_beta = 0.5
     e.overlap_iou = 0.5
     e.rare_threshold = 10        # HOI classes with < 10 training instances are rare
-    # Training-free enhancement (reference §6, hoiclip_jax/eval/tfe.py): every k here adds a row
-    # with
-    # CLIP's top-k image-level HOI scores added to the query scores (the published HICO-Det
+    # Training-free enhancement (reference §6, hoiclip_jax/eval/tfe.py): every k here adds a
+    # row with CLIP's top-k image-level HOI scores added to the query scores (the published HICO-Det
     # numbers use k = 10); () is off. `tfe_weight` is the reference's `co`.
     e.tfe_k = ()
     e.tfe_weight = 1.0

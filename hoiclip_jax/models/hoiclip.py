@@ -185,8 +185,8 @@ class HOICLIP(nn.Module):
         self.sow(INTERMEDIATES, "clip_tokens", clip_tokens)
         inter_hs = self.interaction(h_hs[-1], o_hs[-1], memory, clip_tokens, deterministic,
                                     memory_mask if self.mask_padded_memory else None)
-        # The frozen CLIP visual projection maps the decoder output into the joint space (§1.5 step
-        # 5).
+        # The frozen CLIP visual projection maps the decoder output into the joint space
+        # (§1.5 step 5).
         outputs = {
             "hoi_logits": self.hoi_logits(self.clip.project_image(inter_hs), train),
             "obj_logits": self.obj_logits(o_hs),

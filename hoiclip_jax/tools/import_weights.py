@@ -6,8 +6,7 @@
         --hoiclip checkpoint_best.pth --out params/hoiclip-hico
 
 Writes `<out>/params.msgpack` (only the imported params, nested like our params tree; the rest
-keeps its initialisation when it is loaded with `hoiclip_jax.weights.pretrained.load_pretrained`)
-and
+keeps its initialisation when `hoiclip_jax.weights.pretrained.load_pretrained` loads it) and
 `<out>/import_report.txt`, and prints the report. The model is never initialised: the target
 shapes come from `jax.eval_shape`.
 """

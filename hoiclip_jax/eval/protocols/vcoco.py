@@ -23,8 +23,8 @@ whose public functions are re-exported here.
 The IoU arithmetic is float64 where the reference used float32 scalars; the fixtures keep every
 IoU at least 1e-4 away from the threshold, so both agree on every match there.
 
-Run on a fixture (`vcoco_eval_fixture/v1`): `python -m hoiclip_jax.eval.protocols.vcoco --fixture
-FILE`.
+Run on a fixture (`vcoco_eval_fixture/v1`):
+`python -m hoiclip_jax.eval.protocols.vcoco --fixture FILE`.
 """
 import argparse
 import json
