@@ -42,7 +42,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from data_pipeline import class_tables
 from hoiclip_jax.eval import scoring
-from hoiclip_jax.eval.protocols import hico, hico_fixture, hico_topk, vcoco
+from hoiclip_jax.eval.protocols import hico, hico_topk, vcoco
+from tests import fixture_readers
 
 TABLES_DIR = os.path.join(REPO, "data_pipeline", "tables")
 
@@ -207,7 +208,7 @@ def hico_rows(args, rng, tables, fixture_dir: str) -> list[tuple]:
     if not args.no_cli:
         path = os.path.join(fixture_dir, "hico_sized.json")
         write_hico_fixture(path, topk, gts, tables)
-        rows.append(cli_row(label, "hico_fixture", path, "no-NMS and NMS evaluation (2 runs)"))
+        rows.append(cli_row(label, "hico", path, "no-NMS and NMS evaluation (2 runs)"))
     return rows
 
 
@@ -270,7 +271,7 @@ def write_hico_fixture(path: str, topk: dict, gts: list[dict], tables) -> None:
         image["nms_keep"] = keep.tolist()
     config = {"overlap_iou": 0.5, "max_hois": 100, "zero_shot_type": "default",
               "thres_nms": 0.7, "nms_alpha": 1.0, "nms_beta": 0.5}
-    write_json(path, {"schema": hico_fixture.FIXTURE_SCHEMA, "name": "hico_sized_benchmark",
+    write_json(path, {"schema": fixture_readers.HICO_SCHEMA, "name": "hico_sized_benchmark",
                       "produced_by": "benchmarks/evaluation.py (synthetic; no reference output)",
                       "evaluator_config": config, "hoi_classes": [list(h) for h in tables.hois],
                       "rare_hoi_ids": list(tables.rare_hois), "images": images, "expected": {}})
@@ -282,20 +283,20 @@ def write_vcoco_fixture(path: str, topk: dict, gts: list[dict], tables, thesis) 
         image["gt_hois"] = gt["gt_hois"][:, :3].tolist()
     config = {"overlap_iou": 0.5, "max_hois": 100, "score_mode": 1,
               "correct_mat": "scoring.vcoco_correct_mat stand-in"}
-    write_json(path, {"schema": vcoco.FIXTURE_SCHEMA, "name": "vcoco_sized_benchmark",
+    write_json(path, {"schema": fixture_readers.VCOCO_SCHEMA, "name": "vcoco_sized_benchmark",
                       "produced_by": "benchmarks/evaluation.py (synthetic; no reference output)",
                       "evaluator_config": config, "verb_classes": list(tables.verbs),
                       "thesis_map_indices": thesis, "images": images, "expected": {}})
 
 
-def cli_row(label: str, module: str, path: str, what: str) -> tuple:
-    """Times `python -m hoiclip_jax.eval.protocols.<module> --fixture path` as a whole process."""
+def cli_row(label: str, protocol: str, path: str, what: str) -> tuple:
+    """Times `python -m tests.fixture_readers <protocol> --fixture path` as a whole process."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"hoiclip_jax.eval.protocols.{module}", "--fixture",
-                    path], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "tests.fixture_readers", protocol, "--fixture", path],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     size_mb = os.path.getsize(path) / 2**20
-    return (label, f"fixture CLI `-m hoiclip_jax.eval.protocols.{module}`", seconds, "",
+    return (label, f"fixture CLI `-m tests.fixture_readers {protocol}`", seconds, "",
             f"{what}; {size_mb:.0f} MB JSON")
 
 

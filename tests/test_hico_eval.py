@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from hoiclip_jax.eval import scoring
-from hoiclip_jax.eval.protocols import hico, hico_fixture, hico_topk
+from hoiclip_jax.eval.protocols import hico, hico_topk
+from tests import fixture_readers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hico_eval"
 REPO = pathlib.Path(__file__).parent.parent
@@ -51,7 +52,7 @@ def _assert_matches_expected(got, expected):
 
 @pytest.fixture(scope="module", params=["h1_default", "h2_easy"])
 def fixture(request):
-    images, meta = hico_fixture.load_fixture(str(FIXTURES / f"{request.param}.json"))
+    images, meta = fixture_readers.load_hico_fixture(str(FIXTURES / f"{request.param}.json"))
     return images, meta
 
 
@@ -199,7 +200,7 @@ def test_predictions_from_topk_applies_nms():
 
 def test_cli_prints_expected_json_for_h2():
     path = FIXTURES / "h2_easy.json"
-    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.hico_fixture",
+    out = subprocess.run([sys.executable, "-m", "tests.fixture_readers", "hico",
                           "--fixture",
                           str(path)], capture_output=True, text=True, check=True, cwd=REPO)
     printed = json.loads(out.stdout)

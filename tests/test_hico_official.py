@@ -9,7 +9,8 @@ import scipy.io
 
 from data_pipeline.class_tables import TABLES_DIR, read_class_tables
 from data_pipeline.hico_reader import HoiRecord
-from hoiclip_jax.eval.protocols import anno_mat, hico, hico_fixture
+from hoiclip_jax.eval.protocols import anno_mat, hico
+from tests import fixture_readers
 from hoiclip_jax.eval.protocols import hico_export
 from hoiclip_jax.eval.protocols import hico_official as official
 
@@ -314,6 +315,6 @@ def test_export_reads_back_to_the_same_detections(tmp_path):
     from_files = official.evaluate_official(gt, back, RARE, HOI_TO_OBJ)
     direct = official.evaluate_predictions(gt, predictions, RARE, HOI_TO_OBJ, max_per_class=1)
     for setting in official.SETTINGS:
-        assert (hico_fixture.result_to_json(from_files[setting])
-                == hico_fixture.result_to_json(direct[setting]))
+        assert (fixture_readers.result_to_json(from_files[setting])
+                == fixture_readers.result_to_json(direct[setting]))
     assert from_files["default"]["mAP"] > 0

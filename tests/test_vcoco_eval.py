@@ -14,6 +14,7 @@ import pytest
 from data_pipeline import class_tables
 from hoiclip_jax.eval import scoring
 from hoiclip_jax.eval.protocols import vcoco, vcoco_files, vcoco_official
+from tests import fixture_readers
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vcoco_eval" / "v1_default.json"
 REPO = pathlib.Path(__file__).parent.parent
@@ -40,7 +41,7 @@ def _assert_matches_expected(got: dict, expected: dict):
 
 
 def test_fixture_reproduces_reference():
-    images, meta = vcoco.load_fixture(str(FIXTURE))
+    images, meta = fixture_readers.load_vcoco_fixture(str(FIXTURE))
     assert meta["thesis_map_indices"] == json.loads(
         (REPO / "data_pipeline" / "tables" / "vcoco_classes.json").read_text())["thesis_verb_ids"]
     got = vcoco.evaluate(images, len(meta["verb_classes"]), meta["thesis_map_indices"],
@@ -49,7 +50,7 @@ def test_fixture_reproduces_reference():
 
 
 def test_cli_prints_expected_json():
-    out = subprocess.run([sys.executable, "-m", "hoiclip_jax.eval.protocols.vcoco", "--fixture",
+    out = subprocess.run([sys.executable, "-m", "tests.fixture_readers", "vcoco", "--fixture",
                           str(FIXTURE)], cwd=REPO, capture_output=True, text=True, check=True)
     _assert_matches_expected(json.loads(out.stdout),
                              json.loads(FIXTURE.read_text())["expected"])

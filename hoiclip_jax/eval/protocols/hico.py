@@ -22,8 +22,7 @@ for an IoU within that distance of the threshold or two candidate GT HOIs within
 other), and the per-class sort by score is stable (the reference's `np.argsort(-score)` orders
 tied scores arbitrarily).
 
-Run on a fixture (`hico_eval_fixture/v1`):
-`python -m hoiclip_jax.eval.protocols.hico_fixture --fixture FILE`.
+The reference-output fixtures (`hico_eval_fixture/v1`) are run by tests/fixture_readers.py.
 """
 import math
 from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict

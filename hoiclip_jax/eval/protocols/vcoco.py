@@ -23,30 +23,23 @@ whose public functions are re-exported here.
 The IoU arithmetic is float64 where the reference used float32 scalars; the fixtures keep every
 IoU at least 1e-4 away from the threshold, so both agree on every match there.
 
-Run on a fixture (`vcoco_eval_fixture/v1`):
-`python -m hoiclip_jax.eval.protocols.vcoco --fixture FILE`.
+The reference-output fixtures (`vcoco_eval_fixture/v1`) are run by tests/fixture_readers.py.
 """
-import argparse
-import json
 import math
-import sys
 from typing import Mapping, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 
 from hoiclip_jax.eval.protocols import ap as ap_lib
-from hoiclip_jax.eval.protocols import hico, hico_fixture
+from hoiclip_jax.eval.protocols import hico
 from hoiclip_jax.eval.protocols.vcoco_files import read_vcoco_gt
 from hoiclip_jax.eval.protocols.vcoco_official import (
     VcocoGroundTruth, coco_image_id, detections_from_topk, role_ap, verb_action_role)
 
 __all__ = [  # the proxy here, the official role AP re-exported
-    "EvalImage", "evaluate", "predictions_from_topk", "load_fixture", "result_to_json", "main",
+    "EvalImage", "evaluate", "predictions_from_topk",
     "VcocoGroundTruth", "read_vcoco_gt", "role_ap", "detections_from_topk", "verb_action_role",
     "coco_image_id"]
-
-FIXTURE_SCHEMA = "vcoco_eval_fixture/v1"
-
 
 class EvalImage(TypedDict):
     """One image's input to `evaluate` (plain dicts with these keys work).
@@ -245,52 +238,3 @@ def predictions_from_topk(topk: Mapping[str, np.ndarray]) -> list[dict]:
                      np.asarray(topk["scores"], np.float64)], axis=-1)
     return [{"pred_boxes": b, "pred_box_labels": lab, "pred_hois": h}
             for b, lab, h in zip(boxes, labels, hois)]
-
-
-def load_fixture(path: str) -> tuple[list[EvalImage], dict]:
-    """Reads a `vcoco_eval_fixture/v1` file: the images and the file's other top-level fields
-    (`verb_classes`, `thesis_map_indices`, `evaluator_config`, `expected`, ...)."""
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("schema") != FIXTURE_SCHEMA:
-        raise ValueError(f"{path}: field 'schema' is {meta.get('schema')!r}, expected "
-                         f"{FIXTURE_SCHEMA!r}")
-    images = []
-    for i, raw in enumerate(meta.pop("images")):
-        try:
-            images.append(EvalImage(
-                gt_boxes=np.array(raw["gt_boxes"], np.float64).reshape(-1, 4),
-                gt_box_labels=np.array(raw["gt_box_labels"], np.int64).reshape(-1),
-                gt_hois=np.array(raw["gt_hois"], np.int64).reshape(-1, 3),
-                pred_boxes=np.array(raw["pred_boxes"], np.float64).reshape(-1, 4),
-                pred_box_labels=np.array(raw["pred_box_labels"], np.int64).reshape(-1),
-                pred_hois=np.array(raw["pred_hois"], np.float64).reshape(-1, 4)))
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: image {i} (image_id {raw.get('image_id')}): {e!r}") \
-                from None
-    return images, meta
-
-
-def result_to_json(result: dict) -> dict:
-    """`evaluate`'s result with string verb ids and NaN as None (strict JSON)."""
-    return hico_fixture.result_to_json(result, per_key="per_verb")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m hoiclip_jax.eval.protocols.vcoco",
-        description="Evaluates a vcoco_eval_fixture/v1 file in the reference's python V-COCO "
-                    "protocol and prints one JSON object {\"mAP_all\", \"mAP_thesis\", ..., "
-                    "\"per_verb\": {\"<verb id>\": {\"ap\", ...}}}.")
-    parser.add_argument("--fixture", required=True, help="path of the fixture JSON")
-    args = parser.parse_args(argv)
-    images, meta = load_fixture(args.fixture)
-    verbs = meta["verb_classes"]
-    result = evaluate(images, len(verbs), meta["thesis_map_indices"],
-                      meta["evaluator_config"]["overlap_iou"], verbs)
-    json.dump(result_to_json(result), sys.stdout, allow_nan=False)
-    sys.stdout.write("\n")
-
-
-if __name__ == "__main__":
-    main()
