@@ -4,14 +4,14 @@ r"""Images/s of the training input pipeline on HICO-sized JPEGs, per worker coun
     python benchmarks/input_pipeline.py --workers 2 --threads 2 --batch 16 --steps 12 \
         --images /tmp/hico_bench
 
-Writes (once; kept and reused when `--images` names a folder that has them) `--num-images`
-640x480 JPEGs with random boxes and a HICO-schema `trainval_hico.json` over the packaged HICO
-class tables, then runs `data_pipeline.loader.train_batches` with `hoiclip_jax/lib/config_base.py`'s HICO
-dataset config (the 'reference' augmentation, 1333 canvas and its buckets) for `--steps`
-batches per setting. It prints one row per (workers, threads): images/s over the batches after
-`--warmup` (batch size / the slope of a least-squares line through their arrival times), images/s
-from the median interval between those batches, the canvas shapes seen, and the 1-minute load
-average before and after (other work on the machine slows the numbers).
+Writes (once; kept and reused when `--images` names a folder that has them) `--num-images` 640x480
+JPEGs with random boxes and a HICO-schema `trainval_hico.json` over the packaged HICO class tables,
+then runs `data_pipeline.loader.train_batches` with the HICO dataset config of
+`hoiclip_jax/lib/config_base.py` (the 'reference' augmentation, 1333 canvas and its buckets) for
+`--steps` batches per setting. It prints one row per (workers, threads): images/s over the batches
+after `--warmup` (batch size / the slope of a least-squares line through their arrival times),
+images/s from the median interval between those batches, the canvas shapes seen, and the 1-minute
+load average before and after (other work on the machine slows the numbers).
 
 Use the first rate. Several threads or workers finish batches in bursts (a few together, then a
 wait), so the median interval measures the burst, not the throughput; it is printed to show that.

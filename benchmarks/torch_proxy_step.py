@@ -4,16 +4,16 @@ yardstick of the train-step benchmark.
     python3.11 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 scipy
     /tmp/torch-venv/bin/python benchmarks/torch_proxy_step.py --batch 2 --image-size 512
 
-Not part of the project's dependencies or tests. Written for this benchmark from the layer sizes
-of hoiclip_jax/lib/config_base.py (not from the original code): ResNet-50 with frozen batch
-norm (stem and layer1 frozen), 1x1 input projection to 256, 6 post-norm encoder layers, a 3-layer decoder over
+Not part of the project's dependencies or tests. Written for this benchmark from the layer sizes of
+hoiclip_jax/lib/config_base.py (not from the original code): ResNet-50 with frozen batch norm (stem
+and layer1 frozen), 1x1 input projection to 256, 6 post-norm encoder layers, a 3-layer decoder over
 64 + 64 queries, the frozen CLIP ViT-B/32 image tower (12 pre-norm layers of width 768, no
 gradient), the 768-wide interaction decoder (3 fusion layers: self-attention, one shared
-cross-attention to the CLIP tokens and to the projected memory, FFN 2048), the box MLPs, object
-and HOI cosine classifiers and the verb adapter; a Hungarian matching on the host (scipy) and
-focal, CE, L1 and GIoU losses on every decoder layer; AdamW (backbone 1e-5, rest 1e-4, weight
-decay 1e-4) after clip_grad_norm(0.1); dropout 0.1. It has the reference's FLOPs and kernel
-mix, so it measures what PyTorch's CPU kernels do with this network on this machine.
+cross-attention to the CLIP tokens and to the projected memory, FFN 2048), the box MLPs, object and
+HOI cosine classifiers and the verb adapter; a Hungarian matching on the host (scipy) and focal, CE,
+L1 and GIoU losses on every decoder layer; AdamW (backbone 1e-5, rest 1e-4, weight decay 1e-4) after
+clip_grad_norm(0.1); dropout 0.1. It has the reference's FLOPs and kernel mix, so it measures what
+PyTorch's CPU kernels do with this network on this machine.
 """
 import argparse
 import resource

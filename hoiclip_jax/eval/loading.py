@@ -99,7 +99,8 @@ class ConfigFieldsError(ValueError):
 def check_config_fields(config, where: str) -> None:
     """Raises ConfigFieldsError listing the fields of this version's configs
     (`hoiclip_jax.lib.config_base`) that the saved `config` lacks: a workdir written by an older
-    version, whose model this version might build differently. Pass the run's config file instead."""
+    version, whose model this version might build differently. Pass the run's config file
+    instead."""
     flat = lambda c: {k for k in traverse_util.flatten_dict(c.to_dict(), sep=".")
                       if not k.startswith(FREE_FORM_FIELDS)}
     missing = sorted(flat(config_base.hoiclip_config(config.dataset.name)) - flat(config))

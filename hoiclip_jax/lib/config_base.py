@@ -187,8 +187,8 @@ def loss_config(dataset: str) -> mlc.ConfigDict:
             # loss does not depend on the number of devices (our default). 'per_device': the
             # reference's per-GPU normalisers (§2.2, §11 item 6): each device's shard of the
             # batch is normalised by its own counts (subject boxes by the global pair count /
-            # devices) and the device losses are averaged, as DDP averages gradients; for parity runs with
-            # the reference, whose results then depend on the device count.
+            # devices) and the device losses are averaged, as DDP averages gradients; for parity
+            # runs with the reference, whose results then depend on the device count.
             normalizer="global",
     ))
 

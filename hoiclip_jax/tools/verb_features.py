@@ -7,8 +7,8 @@ Crops the human, object and union boxes of every HOI annotation of the training 
 images, GT boxes), embeds them with the CLIP image tower data-parallel over all devices, and
 combines them by `--method`: 'original' (§5.1, the released `tmp/verb.pth`) or 'seed' (§5.2, the
 reproduction report); see hoiclip_jax/weights/verb_features.py for the recipes and the
-V-COCO no-object rule. The output is a float32 .npy [V, E], rows L2-normalised (zero for a verb without training
-instances), which `config.model.verb_features` loads as it is.
+V-COCO no-object rule. The output is a float32 .npy [V, E], rows L2-normalised (zero for a verb
+without training instances), which `config.model.verb_features` loads as it is.
 
 CLIP: `--clip` (a Hugging Face CLIP folder) overrides `config.model.clip.weights`; its sizes
 must equal `config.model.clip` (image_size may differ: the positions are resized, and the crops
