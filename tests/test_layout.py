@@ -145,3 +145,12 @@ def test_entry_points_keep_their_names(module):
         assert os.path.isfile(os.path.join(path, "__main__.py"))
     else:
         assert '__name__ == "__main__"' in open(path + ".py").read()
+
+
+def test_makefile_names_only_existing_files():
+    """A prerequisite that moved makes `make demo` stop with 'No rule to make target'."""
+    text = open(os.path.join(REPO, "Makefile")).read()
+    named = set(re.findall(r"(?<![\w$(/.-])((?:[\w-]+/)+[\w-]+\.(?:py|sh|txt))\b", text))
+    assert named, "no file paths found in the Makefile"
+    missing = sorted(p for p in named if not os.path.exists(os.path.join(REPO, p)))
+    assert not missing, missing
