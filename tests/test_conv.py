@@ -14,7 +14,7 @@ def _vjp(fn, x, w, stride, padding, ct):
 
 # (H, W, Cin, Cout, kernel, stride): every bottleneck case (1x1 and 3x3, stride 1 and 2), the
 # 7x7/2 stem, odd sizes whose last row and column a strided window does not reach, and more
-# input than output channels and the reverse (each takes the other filter-gradient branch).
+# input than output channels and the reverse.
 CASES = [(8, 8, 6, 4, 1, 1), (9, 7, 4, 6, 1, 2), (8, 8, 5, 3, 3, 1), (9, 11, 3, 5, 3, 2),
          (15, 13, 3, 4, 7, 2), (10, 10, 8, 2, 3, 2)]
 

@@ -130,3 +130,18 @@ def test_schedule_count_follows_the_step_after_a_skipped_step():
     np.testing.assert_allclose(updates["head"]["w"], adam_first_step(o.lr * 0.1, 1.0),
                                rtol=1e-5)
     assert schedules["default"](1) == pytest.approx(o.lr * 0.1)
+
+
+def test_warmup_ramps_linearly_then_follows_the_drops():
+    o = reference_config().optim
+    o.lr_drop_epochs, o.warmup_steps = (2,), 4
+    labels = {"backbone": {"w": "backbone"}, "head": {"w": "default"}}
+    _, schedules = optim.make_optimizer(o, labels, steps_per_epoch=3)
+    ramp = [float(schedules["default"](s)) for s in range(8)]
+    # Steps 0..3 ramp to the full rate, the drop at epoch 2 (step 6) still applies on top.
+    np.testing.assert_allclose(ramp, [2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4, 1e-5, 1e-5],
+                               rtol=1e-6)
+    assert float(schedules["backbone"](1)) == pytest.approx(5e-6)
+    o.warmup_steps = 0  # the reference: no ramp
+    _, schedules = optim.make_optimizer(o, labels, steps_per_epoch=3)
+    assert float(schedules["default"](0)) == pytest.approx(1e-4)

@@ -256,6 +256,7 @@ ADDED_FIELDS = {
         "train.microbatches": 1,
         "matcher.backend": "scipy",
         "model.mask_padded_memory": False,
+        "optim.warmup_steps": 0,
         "allow_stand_ins": True,  # older runs fell back to the stand-ins with a log line
 }
 

@@ -203,6 +203,7 @@ def optim_config() -> mlc.ConfigDict:
     o.grad_clip_norm = 0.1
     o.lr_drop_epochs = (60,)     # lr x lr_drop_factor at each of these epochs
     o.lr_drop_factor = 0.1
+    o.warmup_steps = 0           # linear lr ramp over the first k steps (0: none, as the reference)
     # (regex on the '/'-joined parameter path, group). First match wins; every parameter must
     # match a rule. Groups: 'frozen' (never updated), or a key of `group_lr_mult`.
     o.groups = (

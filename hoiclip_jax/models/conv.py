@@ -1,19 +1,20 @@
 """2-D convolution whose backward pass is written as matrix products (for the ResNet backbone).
 
 The forward pass is `lax.conv_general_dilated`, exactly what `flax.linen.Conv` runs. The backward
-pass is the same mathematics as JAX's transpose rule, but as one matrix product per kernel tap:
+pass is the same mathematics as JAX's transpose rule, written so that XLA:CPU runs it fast:
 
-    y[b, i, j]   = sum_{u, v} xpad[b, s*i + u, s*j + v] @ W[u, v]
-    dW[u, v]     = sum_{b, i, j} xpad[b, s*i + u, s*j + v]^T dy[b, i, j]
-    dxpad[b, s*i + u, s*j + v] += dy[b, i, j] @ W[u, v]^T
+    dW[u, v]     = sum_{b, i, j} xpad[b, s*i + u, s*j + v]^T dy[b, i, j]   (one product per tap)
+    dx           = conv(dy, W flipped in space, channels swapped)          (stride 1)
+    dxpad[b, s*i + u, s*j + v] += dy[b, i, j] @ W[u, v]^T                  (stride 2, per tap)
 
 Why: XLA:CPU lowers the transposed convolutions to a filter-gradient convolution with the whole
 activation map as its window (rhs-dilated for strided layers) and to an lhs-dilated convolution
 for the input gradient of strided layers, and transposes every saved activation to a
 channel-major layout first. Profiled on the hico config (batch 2, 512x512, 2 cores), those made
-the backbone's backward pass 2.6x its forward; matrix products run at the forward's speed
-(benchmarks/README.md, "Where the time goes"). The values are equal up to float32 summation
-order.
+the backbone's backward pass 2.6x its forward. Each filter-gradient product contracts the rows
+of two 2-D operands, which XLA:CPU's dot reads in place; the stride-1 input gradient is an
+ordinary convolution, as fast as the forward (benchmarks/README.md, "Where the time goes"). The
+values are equal up to float32 summation order.
 """
 import functools
 from typing import Any, Callable
@@ -54,12 +55,22 @@ def _conv2d_fwd(x, kernel, stride, padding):
 def _filter_grad(x, dy):
     """sum_{b,h,w} x^T dy: [B, H, W, Cin], [B, H, W, Cout] -> [Cin, Cout].
 
-    The product contracts the spatial positions, so XLA:CPU first copies one operand into a
-    channel-major layout; the smaller one (fewer channels) is cheaper to copy.
+    Written as one 2-D product contracting the rows of both operands: XLA:CPU's dot runs that
+    without copying either operand (a product contracting three dimensions is first transposed
+    to a channel-major layout, a copy of the activation per kernel tap).
     """
-    if x.shape[-1] > dy.shape[-1]:
-        return jnp.einsum("bhwo,bhwc->oc", dy, x).T
-    return jnp.einsum("bhwc,bhwo->co", x, dy)
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    return lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())))
+
+
+def _input_grad_stride1(dy, kernel, padding: int):
+    """The input gradient of a stride-1 convolution: a stride-1 convolution of `dy` with the
+    kernel flipped in space and its channel axes swapped, padded by k - 1 - padding (the same
+    sums; XLA:CPU runs it at the forward's speed)."""
+    k = kernel.shape[0]
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return _forward(dy, flipped, 1, k - 1 - padding)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
@@ -81,15 +92,22 @@ def _conv2d_bwd(stride, padding, residuals, dy):
             tap = (lax.slice(xpad, (0, u, v, 0), limit, (1, stride, stride, 1))
                    if (k, stride) != (1, 1) else xpad)
             row.append(_filter_grad(tap, dy))
+            if stride == 1 and k > 1:
+                continue  # the input gradient is one convolution below
             grad_tap = jnp.einsum("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
-            if (k, stride) != (1, 1):
-                # Scatter onto the tap's strided window of the padded input.
-                grad_tap = lax.pad(grad_tap, jnp.zeros((), x.dtype),
-                                   ((0, 0, 0), (u, hp - limit[1], stride - 1),
-                                    (v, wp - limit[2], stride - 1), (0, 0, 0)))
+            if (k, stride) == (1, 1):
+                d_xpad = grad_tap
+                continue
+            # Scatter onto the tap's strided window of the padded input.
+            grad_tap = lax.pad(grad_tap, jnp.zeros((), x.dtype),
+                               ((0, 0, 0), (u, hp - limit[1], stride - 1),
+                                (v, wp - limit[2], stride - 1), (0, 0, 0)))
             d_xpad = grad_tap if d_xpad is None else d_xpad + grad_tap
         d_kernel.append(jnp.stack(row))
-    d_x = d_xpad[:, p:p + h, p:p + w] if p else d_xpad
+    if stride == 1 and k > 1:
+        d_x = _input_grad_stride1(dy, kernel, p)
+    else:
+        d_x = d_xpad[:, p:p + h, p:p + w] if p else d_xpad
     return d_x.astype(x.dtype), jnp.stack(d_kernel).astype(kernel.dtype)
 
 

@@ -67,10 +67,20 @@ def merge_params(trainable: Any, frozen: Any) -> dict:
 
 
 def lr_schedule(optim_config, steps_per_epoch: int, multiplier: float = 1.0) -> optax.Schedule:
-    """Piecewise-constant rate: `lr * multiplier`, times `lr_drop_factor` at each drop epoch."""
+    """Piecewise-constant rate: `lr * multiplier`, times `lr_drop_factor` at each drop epoch,
+    ramped up linearly over the first `warmup_steps` steps (0: no warm-up, as the reference)."""
     boundaries = {int(e) * steps_per_epoch: optim_config.lr_drop_factor
                   for e in optim_config.lr_drop_epochs}
-    return optax.piecewise_constant_schedule(optim_config.lr * multiplier, boundaries)
+    constant = optax.piecewise_constant_schedule(optim_config.lr * multiplier, boundaries)
+    warmup_steps = int(optim_config.warmup_steps)
+    if warmup_steps <= 0:
+        return constant
+
+    def warmed_up(count):
+        # Step 0 already moves (rate lr / warmup_steps), the full rate from step warmup_steps - 1.
+        ramp = jnp.minimum(1.0, (count + 1) / warmup_steps)
+        return constant(count) * ramp
+    return warmed_up
 
 
 def _is_schedule_state(node) -> bool:
