@@ -98,6 +98,8 @@ def tiny_config(table_path: str):
     config.dataset.max_side = 64
     config.dataset.clip_image_size = 32
     config.dataset.max_pairs = 3
+    # Tests train a few steps and check that the loss falls: no warm-up ramp in the way.
+    config.optim.warmup_steps = 0
     return set_fields(config, TINY_MODEL)
 
 

@@ -48,6 +48,7 @@ def overrides(data_root: str) -> dict:
                                                   "text_layers", "text_mlp_dim", "vocab_size")},
         "train.batch_size": BATCH, "train.num_epochs": 1, "train.log_every_steps": 1,
         "train.checkpoint_every_steps": 1, "train.keep_checkpoints": 2,
+        "optim.warmup_steps": 0,  # 2 steps must visibly train
         # Evaluation at the end of the epoch, sharded over the processes too.
         "train.eval_every_epochs": 1, "eval.batch_size": BATCH,
     }
