@@ -64,51 +64,70 @@ def _filter_grad(x, dy):
     return lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())))
 
 
+def _tap_window(xpad, u: int, v: int, stride: int, out_hw: tuple[int, int]):
+    """The padded-input window that kernel tap (u, v) reads: rows u, u + s, ... (ho rows),
+    likewise columns. [B, Hp, Wp, C] -> [B, ho, wo, C]."""
+    b, _, _, c = xpad.shape
+    ho, wo = out_hw
+    limit = (b, u + stride * (ho - 1) + 1, v + stride * (wo - 1) + 1, c)
+    return lax.slice(xpad, (0, u, v, 0), limit, (1, stride, stride, 1))
+
+
 def _input_grad_stride1(dy, kernel, padding: int):
-    """The input gradient of a stride-1 convolution: a stride-1 convolution of `dy` with the
+    """The input gradient of a stride-1 convolution, [B, H, W, Cout] -> [B, H, W, Cin].
+
+    1x1: one product with the kernel's transpose. k x k: a stride-1 convolution of `dy` with the
     kernel flipped in space and its channel axes swapped, padded by k - 1 - padding (the same
-    sums; XLA:CPU runs it at the forward's speed)."""
+    sums; XLA:CPU runs it at the forward's speed, faster than k*k products and scatters).
+    """
     k = kernel.shape[0]
+    if k == 1:
+        return jnp.einsum("bhwo,co->bhwc", dy, kernel[0, 0])
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     return _forward(dy, flipped, 1, k - 1 - padding)
+
+
+def _input_grad_strided(dy, kernel, stride: int, padding: int, x_shape):
+    """The input gradient of a strided convolution: each tap's product with W[u, v]^T scattered
+    onto its strided window of the padded input. Returns [B, H, W, Cin]."""
+    k = kernel.shape[0]
+    _, h, w, _ = x_shape
+    ho, wo = dy.shape[1:3]
+    p = padding
+    hp, wp = h + 2 * p, w + 2 * p
+    zero = jnp.zeros((), dy.dtype)
+    d_xpad = None
+    for u in range(k):
+        for v in range(k):
+            grad_tap = jnp.einsum("bhwo,co->bhwc", dy, kernel[u, v])
+            # Interior padding stride - 1 puts the rows at u, u + s, ...; the rest pads to hp.
+            grad_tap = lax.pad(grad_tap, zero,
+                               ((0, 0, 0), (u, hp - u - stride * (ho - 1) - 1, stride - 1),
+                                (v, wp - v - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+            d_xpad = grad_tap if d_xpad is None else d_xpad + grad_tap
+    return d_xpad[:, p:p + h, p:p + w] if p else d_xpad
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     k = kernel.shape[0]
-    b, h, w, c = x.shape
-    ho, wo = dy.shape[1:3]
     p = padding
     xpad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
-    hp, wp = h + 2 * p, w + 2 * p
+    out_hw = dy.shape[1:3]
     # Products in the activations' dtype, as JAX's own transpose rule computes them (XLA:CPU has
     # no bfloat16 x bfloat16 -> float32 product; GPUs accumulate bfloat16 products in float32).
-    d_kernel, d_xpad = [], None
-    for u in range(k):
-        row = []
-        for v in range(k):
-            # The padded-input window that kernel tap (u, v) reads: rows u, u + s, ... (ho rows).
-            limit = (b, u + stride * (ho - 1) + 1, v + stride * (wo - 1) + 1, c)
-            tap = (lax.slice(xpad, (0, u, v, 0), limit, (1, stride, stride, 1))
-                   if (k, stride) != (1, 1) else xpad)
-            row.append(_filter_grad(tap, dy))
-            if stride == 1 and k > 1:
-                continue  # the input gradient is one convolution below
-            grad_tap = jnp.einsum("bhwo,co->bhwc", dy, kernel[u, v]).astype(x.dtype)
-            if (k, stride) == (1, 1):
-                d_xpad = grad_tap
-                continue
-            # Scatter onto the tap's strided window of the padded input.
-            grad_tap = lax.pad(grad_tap, jnp.zeros((), x.dtype),
-                               ((0, 0, 0), (u, hp - limit[1], stride - 1),
-                                (v, wp - limit[2], stride - 1), (0, 0, 0)))
-            d_xpad = grad_tap if d_xpad is None else d_xpad + grad_tap
-        d_kernel.append(jnp.stack(row))
-    if stride == 1 and k > 1:
+    if (k, stride) == (1, 1):
+        d_kernel = _filter_grad(xpad, dy)[None, None]
+    else:
+        d_kernel = jnp.stack([
+                jnp.stack([_filter_grad(_tap_window(xpad, u, v, stride, out_hw), dy)
+                           for v in range(k)])
+                for u in range(k)])
+    if stride == 1:
         d_x = _input_grad_stride1(dy, kernel, p)
     else:
-        d_x = d_xpad[:, p:p + h, p:p + w] if p else d_xpad
-    return d_x.astype(x.dtype), jnp.stack(d_kernel).astype(kernel.dtype)
+        d_x = _input_grad_strided(dy, kernel, stride, p, x.shape)
+    return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
