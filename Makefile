@@ -26,8 +26,14 @@ $(STAMP): requirements.txt setup.py
 # process, when it had 407 tests).
 TEST_WORKERS ?= 2
 
+# A compilation cache shared by the workers and the tests' subprocesses, empty at the start of
+# every run: many tests compile the same tiny-config programs (a resumed run, the evaluator of a
+# trained one), and a hit skips XLA's compile (test_end_to_end: 87 -> 73 s).
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	@cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+	  export JAX_COMPILATION_CACHE_DIR="$$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 && \
+	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 $(DEMO_DATA)/annotations/test_hico.json: $(STAMP) $(wildcard data_pipeline/synthetic/*.py)
 	$(PY) -m data_pipeline.synthetic --out $(DEMO_DATA) --seed 0 --num-train 2000 --num-test 300

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hoiclip_jax.models.dropout import Dropout
+
 Initializer = Callable[..., jax.Array]
 
 # xavier_uniform_ on the packed [3D, D] in_proj_weight (§1.8) draws from U(±sqrt(6 / (D + 3D))).
@@ -98,7 +100,7 @@ class MultiheadAttention(nn.Module):
         if allowed is not None:
             logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+        probs = Dropout(self.dropout)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, split(v)).reshape(query.shape[:2] + (dim,))
         return dense("out_proj", self.out_init)(out)
 

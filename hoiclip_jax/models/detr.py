@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from hoiclip_jax.models.attention import (XAVIER_UNIFORM, MultiheadAttention, layer_norm,
                                          torch_default_bias)
+from hoiclip_jax.models.dropout import Dropout
 from hoiclip_jax.models.remat import NONE, maybe_remat
 
 
@@ -53,7 +54,7 @@ def feed_forward(x, dim_feedforward: int, dropout: float, deterministic: bool, d
     dim = x.shape[-1]
     h = nn.Dense(dim_feedforward, kernel_init=XAVIER_UNIFORM, bias_init=torch_default_bias(dim),
                  dtype=dtype, name="linear1")(x)
-    h = nn.Dropout(dropout)(nn.relu(h), deterministic=deterministic)
+    h = Dropout(dropout)(nn.relu(h), deterministic=deterministic)
     return nn.Dense(dim, kernel_init=XAVIER_UNIFORM, bias_init=torch_default_bias(dim_feedforward),
                     dtype=dtype, name="linear2")(h)
 
@@ -68,7 +69,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, src, pos, mask, deterministic):
         """src, pos: [B, S, D]; mask: [B, S] bool (True = real) -> [B, S, D]."""
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=deterministic)
         qk = src + pos
         attn = MultiheadAttention(self.num_heads, self.dropout, dtype=self.dtype, name="self_attn")
         src = layer_norm("norm1", self.dtype)(
@@ -96,7 +97,7 @@ class DecoderLayer(nn.Module):
         Returns:
           [B, Q, D].
         """
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=deterministic)
         mha = lambda name: MultiheadAttention(self.num_heads, self.dropout, dtype=self.dtype,
                                               name=name)
         qk = tgt + query_pos

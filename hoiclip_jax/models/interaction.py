@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from hoiclip_jax.models.attention import (XAVIER_UNIFORM, MultiheadAttention, layer_norm,
                                           torch_default_bias)
 from hoiclip_jax.models.detr import feed_forward
+from hoiclip_jax.models.dropout import Dropout
 from hoiclip_jax.models.remat import NONE, maybe_remat
 
 Q_INTER_MODES = ("mean", "mix2x2")
@@ -43,7 +44,7 @@ class FusionLayer(nn.Module):
         Returns:
           [B, N, W].
         """
-        drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        drop = lambda x: Dropout(self.dropout)(x, deterministic=deterministic)
         mha = lambda name: MultiheadAttention(self.num_heads, self.dropout, dtype=self.dtype,
                                               name=name)
         tgt = layer_norm("norm1", self.dtype)(
