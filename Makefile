@@ -22,7 +22,7 @@ $(STAMP): requirements.txt setup.py
 	@touch $(STAMP)
 
 # Two pytest workers, one test file each at a time (module fixtures stay in one process): on
-# the 2-core machine the suite (467 tests) took 516 s this way on a fresh clone (971 s in one
+# the 2-core machine the suite (475 tests) took 569 s this way on a fresh clone (971 s in one
 # process, when it had 407 tests).
 TEST_WORKERS ?= 2
 
