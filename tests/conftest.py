@@ -11,18 +11,19 @@ os.environ["XLA_FLAGS"] = (
     " --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# The slowest test files (seconds on the 2-core machine, make test of 2026-12-03), scheduled
-# first: `make test` hands whole files to two workers in collection order, and with these last
-# (alphabetically most of them are) one worker was left running them alone at the end.
+# The slowest test files (seconds on the 2-core machine, make test of 2026-12-03 with the
+# one-layer tiny model), scheduled first: `make test` hands whole files to two workers in
+# collection order, and with these last (alphabetically most of them are) one worker was left
+# running them alone at the end.
 SLOW_FILES_FIRST = (
-    "test_train_step.py",       # ~100 s: the tiny step compiled for 1, 2 and 4 devices
-    "test_microbatches.py",     # ~120 s
-    "test_real_configs.py",     # ~110 s
+    "test_train_step.py",       # ~80 s: the tiny step compiled for 1, 2 and 4 devices
+    "test_microbatches.py",     # ~70 s
+    "test_real_configs.py",     # ~75 s
     "test_experiment_configs.py",  # ~110 s
-    "test_multiprocess.py",     # ~80 s
+    "test_multiprocess.py",     # ~90 s
     "test_resume.py",           # ~70 s
-    "test_end_to_end.py",       # ~65 s
-    "test_remat.py",            # ~50 s
+    "test_end_to_end.py",       # ~46 s
+    "test_remat.py",            # ~16 s
 )
 
 

@@ -19,8 +19,6 @@ def make_config(root: str):
     every 2 steps, every step logged and an evaluation at every epoch end."""
     config = helpers.tiny_config(os.path.join(root, "annotations", "classes.json"))
     config.dataset.root = root
-    config.model.dec_layers = 1  # fewer layers compile faster; resuming does not depend on them
-    config.model.inter_dec_layers = 1
     t = config.train
     t.batch_size = BATCH
     t.num_epochs = NUM_EPOCHS

@@ -41,8 +41,7 @@ def overrides(data_root: str) -> dict:
         "model.backbone.width": m.backbone.width,
         **{f"model.{k}": m[k] for k in ("hidden_dim", "enc_layers", "dim_feedforward",
                                          "num_queries", "inter_dim_feedforward")},
-        # One decoder layer each (no aux layers): a fifth less compile time per process.
-        "model.dec_layers": 1, "model.inter_dec_layers": 1,
+        "model.dec_layers": m.dec_layers, "model.inter_dec_layers": m.inter_dec_layers,
         **{f"model.clip.{k}": m.clip[k] for k in ("embed_dim", "image_size", "vision_width",
                                                   "vision_layers", "vision_mlp_dim", "text_width",
                                                   "text_layers", "text_mlp_dim", "vocab_size")},

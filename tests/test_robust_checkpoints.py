@@ -177,7 +177,8 @@ def test_checkpoint_of_another_model_lists_every_difference(saved):
     workdir, config, tables, shapes = saved
     other = config.copy_and_resolve_references()
     other.model.num_queries = 5        # query embeddings of another shape
-    other.model.dec_layers = other.model.inter_dec_layers = 3  # and one more decoder layer
+    extra_layer = config.model.dec_layers  # the index of one more decoder layer
+    other.model.dec_layers = other.model.inter_dec_layers = extra_layer + 1
     _, other_shapes = state_io.abstract_state(other, tables)
     ckpt = checkpoints.Checkpointer(workdir, keep=2, read_only=True)
     with pytest.raises(checkpoints.CheckpointError) as error:
@@ -186,7 +187,7 @@ def test_checkpoint_of_another_model_lists_every_difference(saved):
     assert f"{ckpt.directory}/5 does not fit this model" in message
     assert "nothing was restored" in message
     assert "query_embed_h/embedding: (4, 32) float32 vs (5, 32) float32" in message
-    assert "missing from the checkpoint" in message and "layer2" in message
+    assert "missing from the checkpoint" in message and f"layer{extra_layer}" in message
     restored, _ = ckpt.restore(5, shapes)  # the right shapes still restore
     ckpt.close()
     assert jax.tree.structure(restored) == jax.tree.structure(shapes)
