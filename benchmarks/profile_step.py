@@ -27,6 +27,7 @@ import time
 import jax
 
 from benchmarks import train_step as bench
+from hoiclip_jax.lib import host_memory
 
 _BACKWARD = "transpose(jvp("
 _FORWARD = "jvp("
@@ -192,6 +193,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # As the trainer does (hoiclip_jax/lib/host_memory.py): the step runs with the malloc
+    # settings that keep its buffers mapped between calls.
+    host_memory.reexec_with_malloc_tunables()
     from absl import app, flags
 
     bench.define_step_flags(2, "Traced steps.")

@@ -18,6 +18,7 @@ PyTorch's CPU kernels do with this network on this machine.
 import argparse
 import resource
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -264,14 +265,8 @@ def random_inputs(batch, size, generator):
     return image, mask, clip_image, targets
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def build(batch: int, size: int):
+    """(train_step, inference, trainable params, all params): closures over one fixed batch."""
     torch.manual_seed(0)
     model = HoiProxy()
     model.freeze()
@@ -281,15 +276,64 @@ def main():
             p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": rest}, {"params": backbone, "lr": 1e-5}], lr=1e-4,
                                   weight_decay=1e-4)
-    image, mask, clip_image, targets = random_inputs(args.batch, args.image_size,
-                                                     torch.Generator().manual_seed(0))
+    image, mask, clip_image, targets = random_inputs(batch, size, torch.Generator().manual_seed(0))
 
     def train_step():
+        model.train()
         loss = criterion(model(image, mask, clip_image), targets)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(rest + backbone, 0.1)
         optimizer.step()
+
+    def inference():
+        model.eval()
+        with torch.no_grad():
+            model(image, mask, clip_image)
+
+    count = lambda ps: sum(p.numel() for p in ps)
+    return train_step, inference, count(rest + backbone), count(model.parameters())
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def serve(train_step, inference) -> None:
+    """`--serve`: runs one call per stdin line ('train' or 'inference') and answers
+    'ms <milliseconds>'; 'quit' answers 'rss <peak GiB>' and ends. Used by
+    benchmarks/side_by_side.py to interleave this model's steps with hoiclip-jax's."""
+    calls = {"train": train_step, "inference": inference}
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            print(f"rss {peak_rss_gib():.3f}", flush=True)
+            return
+        start = time.perf_counter()
+        calls[command]()
+        print(f"ms {(time.perf_counter() - start) * 1e3:.1f}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--serve", action="store_true",
+                        help="after one warm-up call of each, run calls named on stdin")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train_step, inference, trainable, total = build(args.batch, args.image_size)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{args.image_size}x{args.image_size}; params {trainable:,} trainable / {total:,}",
+          flush=True)
+    if args.serve:
+        train_step()
+        inference()
+        serve(train_step, inference)
+        return
 
     def timed(fn):
         fn()
@@ -300,21 +344,13 @@ def main():
             times.append(time.perf_counter() - start)
         return times
 
-    model.train()
     train = timed(train_step)
-    model.eval()
-    with torch.no_grad():
-        infer = timed(lambda: model(image, mask, clip_image))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    count = lambda ps: sum(p.numel() for p in ps)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
-          f"{args.image_size}x{args.image_size}; params {count(rest + backbone):,} trainable / "
-          f"{count(model.parameters()):,}")
+    infer = timed(inference)
     print(f"train step median {statistics.median(train) * 1e3:,.0f} ms "
           f"({', '.join(f'{t * 1e3:.0f}' for t in train)})")
     print(f"inference median {statistics.median(infer) * 1e3:,.0f} ms "
           f"({', '.join(f'{t * 1e3:.0f}' for t in infer)})")
-    print(f"peak RSS {rss:.2f} GiB")
+    print(f"peak RSS {peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from hoiclip_jax.lib import cli, sharding
+from hoiclip_jax.lib import cli, host_memory, sharding
 from hoiclip_jax.train import matching, state as state_io, step as train_step
 
 _WEIGHT_FIELDS = ("clip.weights", "pretrained", "text_embeddings", "verb_features")
@@ -377,6 +377,8 @@ def config_from_flags(argv):
     if image_size:
         set_image_size(config, _parse_size(image_size))
         notes.append(f"image size {image_size} (config.dataset.canvas and max_side)")
+    notes.append(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} "
+                 "(hoiclip_jax/lib/host_memory.py)")
     for note in notes:
         print(f"note: {note}", flush=True)
     return config
@@ -408,6 +410,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # As the trainer does (hoiclip_jax/lib/host_memory.py): the step runs with the malloc
+    # settings that keep its buffers mapped between calls.
+    host_memory.reexec_with_malloc_tunables()
     from absl import app, flags
 
     define_step_flags(10, "Measured steps.")

@@ -1,9 +1,13 @@
-"""benchmarks/{profile_step,accelerator,memory}.py: the pieces that turn XLA's output into tables."""
+"""benchmarks/{profile_step,accelerator,memory,side_by_side}.py: the pieces that turn XLA's output
+and timings into tables."""
+import sys
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from benchmarks import accelerator, memory, profile_step
+from benchmarks import accelerator, memory, profile_step, side_by_side
 
 
 @pytest.mark.parametrize("op_name,expected", [
@@ -57,3 +61,48 @@ def test_memory_rows_parse():
     assert memory.parse_row("1333x1333:float32:nothing_saveable:4") == (
             (1333, 1333), "float32", "nothing_saveable", 4)
     assert len(memory.DEFAULT_ROWS) == len(set(memory.DEFAULT_ROWS))
+
+
+# Speaks torch_proxy_step.py's --serve protocol; a 'train' call takes ~20 ms, 'inference' ~10.
+FAKE_PROXY = """
+import sys, time
+print("torch fake, 2 threads")
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        print("rss 1.5", flush=True)
+        break
+    start = time.perf_counter()
+    time.sleep(0.02 if line.strip() == "train" else 0.01)
+    print(f"ms {(time.perf_counter() - start) * 1e3:.1f}", flush=True)
+"""
+
+
+def test_side_by_side_takes_turns_with_a_serving_worker():
+    worker = side_by_side.TorchWorker([sys.executable, "-c", FAKE_PROXY])
+    assert worker.header == ["torch fake, 2 threads"]
+    order = []
+
+    def ours():
+        order.append("ours")
+        return 0.015
+
+    def theirs():
+        order.append("theirs")
+        return worker.call("train")
+
+    mine, other = side_by_side.take_turns(ours, theirs, rounds=3)
+    assert order == ["theirs", "ours", "ours", "theirs", "theirs", "ours"]
+    assert mine == [0.015] * 3 and all(0.019 < t < 0.5 for t in other)
+    assert 0.009 < worker.call("inference") < 0.5
+    assert worker.close() == 1.5
+    comparison = side_by_side.Comparison("train", (1.0, 2.0, 3.0), (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(comparison.ratios, [0.5, 1.0, 1.5])
+    table = side_by_side.format_table([comparison])
+    assert "| train | 2,000 (2,000-2,000) | 2,000 (1,200-2,800) | **1.00x** (0.60-1.40) | 3 |" \
+        in table
+
+
+def test_side_by_side_names_a_worker_that_never_gets_ready():
+    with pytest.raises(RuntimeError, match="ended before it was ready"):
+        side_by_side.TorchWorker([sys.executable, "-c", "print('no torch here')"])

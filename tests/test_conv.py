@@ -54,3 +54,44 @@ def test_conv_module_has_nn_conv_parameters():
     module = conv.Conv(8, 3, 2, 1, jax.nn.initializers.lecun_normal())
     params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))["params"]
     assert jax.tree.map(jnp.shape, params) == {"kernel": (3, 3, 4, 8)}
+
+
+def test_biased_conv_module_equals_nn_conv_with_its_gradients():
+    """`input_proj` (a 1x1 convolution with bias) takes nn.Conv's params and computes its values
+    and gradients (the matrix-product backward pass, models/conv.py)."""
+    import flax.linen as nn
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 5, 6, 16)), jnp.float32)
+    ours = conv.Conv(8, 1, 1, 0, nn.initializers.lecun_normal(), bias_init=nn.initializers.normal())
+    theirs = nn.Conv(8, (1, 1))
+    params = ours.init(jax.random.PRNGKey(0), x)["params"]
+    assert jax.tree.map(jnp.shape, params) == {"kernel": (1, 1, 16, 8), "bias": (8,)}
+    ct = jnp.asarray(rng.normal(size=(2, 5, 6, 8)), jnp.float32)
+
+    def pullback(module, params, x):
+        y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
+        return y, vjp(ct)
+    y_ours, (dp_ours, dx_ours) = pullback(ours, params, x)
+    y_theirs, (dp_theirs, dx_theirs) = pullback(theirs, params, x)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx_ours, dx_theirs, rtol=1e-5, atol=1e-5)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(dp_ours[name], dp_theirs[name], rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("size", [32, 35])
+def test_clip_patch_embedding_equals_the_strided_convolution(size):
+    """CLIP's patch embedding as one product equals nn.Conv(kernel = stride = P, 'VALID') on the
+    same kernel, also when trailing pixels fill no whole patch (35 = 4 * 8 + 3)."""
+    import flax.linen as nn
+    from hoiclip_jax.models.clip import PatchEmbedding
+    rng = np.random.default_rng(size)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    module = PatchEmbedding(width=12, patch_size=8)
+    params = module.init(jax.random.PRNGKey(0), x)["params"]
+    reference = nn.Conv(12, (8, 8), strides=(8, 8), padding="VALID", use_bias=False)
+    expected = reference.apply({"params": params}, x)
+    got = module.apply({"params": params}, x)
+    assert got.shape == (2, 16, 12)
+    np.testing.assert_allclose(got, expected.reshape(2, 16, 12), rtol=1e-5, atol=1e-5)

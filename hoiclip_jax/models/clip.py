@@ -119,6 +119,31 @@ class ClipEncoder(nn.Module):
                           name="layers")(x, attn_mask)
 
 
+class PatchEmbedding(nn.Module):
+    """The patch convolution (kernel = stride = P, no padding, no bias) as one matrix product.
+
+    Param `kernel` [P, P, 3, width] (HWIO, as `nn.Conv`'s, so checkpoints are unchanged). Each
+    patch is cut out, flattened in (row, column, channel) order and multiplied by the flattened
+    kernel: the sums of the convolution, in another order (float32 rounding apart, the same
+    numbers). XLA:CPU ran the stride-32 convolution at a fifth of its matrix-product speed
+    (benchmarks/README.md, "Where the time goes").
+    """
+    width: int
+    patch_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        """pixel_values: [B, S, S, C] -> [B, (S // P)**2, width], patches in row-major order
+        (trailing rows and columns that fill no whole patch are dropped, as 'VALID')."""
+        p, (b, height, width_px, c) = self.patch_size, pixel_values.shape
+        kernel = self.param("kernel", normal(0.02), (p, p, c, self.width))
+        rows, cols = height // p, width_px // p
+        x = pixel_values[:, :rows * p, :cols * p].reshape(b, rows, p, cols, p, c)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, rows * cols, p * p * c)
+        return x @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+
+
 class VisionEmbeddings(nn.Module):
     """Patch conv (no bias) + class token + learned positions."""
     spec: ClipSpec
@@ -130,10 +155,8 @@ class VisionEmbeddings(nn.Module):
         s = self.spec
         width = s.vision_width
         cls = self.param("class_embedding", normal(width ** -0.5), (width,))
-        patches = nn.Conv(width, (s.patch_size, s.patch_size), strides=(s.patch_size, s.patch_size),
-                          padding="VALID", use_bias=False, kernel_init=normal(0.02),
-                          dtype=self.dtype, name="patch_embedding")(pixel_values.astype(self.dtype))
-        patches = patches.reshape(patches.shape[0], -1, width)
+        patches = PatchEmbedding(width, s.patch_size, self.dtype,
+                                 name="patch_embedding")(pixel_values.astype(self.dtype))
         cls = jnp.broadcast_to(cls.astype(patches.dtype), (patches.shape[0], 1, width))
         tokens = jnp.concatenate([cls, patches], axis=1)
         positions = nn.Embed(s.num_image_tokens, width, embedding_init=normal(0.02),

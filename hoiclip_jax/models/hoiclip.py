@@ -33,6 +33,7 @@ from hoiclip_jax.models.attention import (TORCH_DEFAULT_KERNEL, l2_normalize, la
                                           torch_default_bias)
 from hoiclip_jax.models.backbone import BackboneSpec, ResNet, downsample_mask
 from hoiclip_jax.models.clip import CLIP, ClipSpec
+from hoiclip_jax.models.conv import Conv
 from hoiclip_jax.models.detr import Encoder, InstanceDecoder, sine_position_embedding
 from hoiclip_jax.models.interaction import Q_INTER_MODES, InteractionDecoder
 
@@ -131,8 +132,10 @@ class HOICLIP(nn.Module):
         d, e, dt = self.hidden_dim, self.clip_spec.embed_dim, self.dtype
         scale_init = nn.initializers.constant(self.logit_scale_init)
         self.backbone = ResNet(self.backbone_spec, dt, self.remat)
-        self.input_proj = nn.Conv(d, (1, 1), kernel_init=TORCH_DEFAULT_KERNEL, dtype=dt,
-                                  bias_init=torch_default_bias(self.backbone_spec.out_channels))
+        # A 1x1 convolution with the backbone's matrix-product backward pass (models/conv.py):
+        # XLA's own made a channel-major copy of the backbone output for the filter gradient.
+        self.input_proj = Conv(d, 1, 1, 0, TORCH_DEFAULT_KERNEL, dt,
+                               bias_init=torch_default_bias(self.backbone_spec.out_channels))
         detr = dict(num_heads=self.nheads, dim_feedforward=self.dim_feedforward,
                     dropout=self.dropout, dtype=dt, remat=self.remat)
         self.encoder = Encoder(self.enc_layers, **detr)
