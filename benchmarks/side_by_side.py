@@ -12,12 +12,12 @@ call at a time, the first mover alternating every round. The waiting side is idl
 round compares the two under the same conditions; the table gives the medians of the times and
 of the per-round ratios (ours / PyTorch's).
 
-Peak RSS: this process holds the state, the compiled train step and the compiled evaluation
-forward at once, so its figure is above `train_step.py`'s for the step alone.
+`--workloads=train` or `--workloads=inference` times one of them alone (each process then holds
+only its program). Peak RSS: with both, this process holds the state, the compiled train step
+and the compiled evaluation forward at once, above `train_step.py`'s figure for the step alone.
 """
 import dataclasses
 import os
-import resource
 import subprocess
 import time
 from typing import Callable, Optional, Sequence
@@ -117,20 +117,24 @@ def _timed(fn: Callable) -> Callable[[], float]:
     return call
 
 
-def jax_calls(config, batch_size: int) -> dict[str, Callable[[], float]]:
-    """{workload: timed call} of this project's train step and evaluation forward, each called
-    once untimed (compilation and first-call work)."""
-    prepared = bench.prepare(config, batch_size)
-    predict, (params, batch) = bench.compile_inference(prepared)
-    # The train step donates the state's buffers: the forward keeps a copy of the parameters.
-    params = jax.tree.map(jax.numpy.copy, params)
-    holder = {"state": prepared.state}
+def jax_calls(config, batch_size: int, workloads: Sequence[str]
+              ) -> dict[str, Callable[[], float]]:
+    """{workload: timed call} of this project's train step and/or evaluation forward, each
+    called once untimed (compilation and first-call work)."""
+    prepared = bench.prepare(config, batch_size, compile_step="train" in workloads)
+    calls = {}
+    if "inference" in workloads:
+        predict, (params, batch) = bench.compile_inference(prepared)
+        # The train step donates the state's buffers: the forward keeps its own parameters.
+        params = jax.tree.map(jax.numpy.copy, params)
+        calls["inference"] = _timed(lambda: predict(params, batch))
+    if "train" in workloads:
+        holder = {"state": prepared.state}
 
-    def train():
-        holder["state"], metrics = prepared.compiled(holder["state"], prepared.batch)
-        return holder["state"], metrics
-
-    calls = {"train": _timed(train), "inference": _timed(lambda: predict(params, batch))}
+        def train():
+            holder["state"], metrics = prepared.compiled(holder["state"], prepared.batch)
+            return holder["state"], metrics
+        calls["train"] = _timed(train)
     for call in calls.values():
         call()
     return calls
@@ -148,30 +152,33 @@ def main(argv) -> None:
     if height != width:
         raise ValueError(f"--image-size={height},{width}: the PyTorch proxy takes square images")
     batch = f.batch or config.train.batch_size
-    calls = jax_calls(config, batch)
+    workloads = [w for w in WORKLOADS if w in f.workloads]
+    if not workloads or len(workloads) != len(f.workloads):
+        raise ValueError(f"--workloads={','.join(f.workloads)}: expected some of {WORKLOADS}")
+    calls = jax_calls(config, batch, workloads)
     # The proxy runs with glibc's malloc defaults, as PyTorch users run it, unless asked.
     env = dict(os.environ)
     if not f["proxy-malloc-tunables"].value:
         env.pop("GLIBC_TUNABLES", None)
-    worker = TorchWorker([f["torch-python"].value, PROXY, "--serve", "--batch", str(batch),
+    worker = TorchWorker([f["torch-python"].value, PROXY, "--serve", ",".join(workloads),
+                          "--batch", str(batch),
                           "--image-size", str(height), "--threads",
                           str(f["torch-threads"].value)], env)
     print("\n".join(worker.header))
     load_before = _load()
     comparisons = []
-    for workload in WORKLOADS:
+    for workload in workloads:
         ours, theirs = take_turns(calls[workload], lambda w=workload: worker.call(w), f.steps)
         comparisons.append(Comparison(workload, tuple(ours), tuple(theirs)))
     load_after = _load()
     torch_rss = worker.close()
-    ours_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    ours_rss = bench.host_peak_rss_bytes() / 2 ** 30
     print(format_table(comparisons))
     print(f"GLIBC_TUNABLES: ours {os.environ.get('GLIBC_TUNABLES', '')!r}, the proxy's "
           f"{env.get('GLIBC_TUNABLES', '')!r}")
     print(f"batch {batch}, {height}x{width}, {jax.default_backend()}; 1-minute load "
           f"{load_before} before, {load_after} after; peak RSS: PyTorch proxy "
-          f"{torch_rss:.2f} GiB, this process (state, train step and evaluation forward) "
-          f"{ours_rss:.2f} GiB")
+          f"{torch_rss:.2f} GiB, this process ({' and '.join(workloads)}) {ours_rss:.2f} GiB")
     for c in comparisons:
         print(f"{c.workload}: ours " + ", ".join(f"{t * 1e3:.0f}" for t in c.ours)
               + " ms; proxy " + ", ".join(f"{t * 1e3:.0f}" for t in c.theirs) + " ms")
@@ -184,6 +191,8 @@ if __name__ == "__main__":
     from absl import app, flags
 
     bench.define_step_flags(10, "Rounds per workload: each round is one call of each program.")
+    flags.DEFINE_list("workloads", list(WORKLOADS), "Which to time, in this order, each in its "
+                      "own series of rounds (a process with only one compiles only that one).")
     flags.DEFINE_string("torch-python", None, "Python interpreter with torch (and scipy) installed.")
     flags.DEFINE_integer("torch-threads", 2, "torch.set_num_threads of the proxy.")
     flags.DEFINE_bool("proxy-malloc-tunables", False, "Run the proxy with this project's glibc "

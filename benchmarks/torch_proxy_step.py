@@ -296,6 +296,15 @@ def build(batch: int, size: int):
 
 
 def peak_rss_gib() -> float:
+    """Peak RSS of this process: Linux's VmHWM (a subprocess's `ru_maxrss` would include its
+    parent's peak from before the exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
@@ -321,8 +330,9 @@ def main():
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--serve", action="store_true",
-                        help="after one warm-up call of each, run calls named on stdin")
+    parser.add_argument("--serve", default="",
+                        help="comma-separated workloads (train, inference): after one warm-up "
+                             "call of each, run the calls named on stdin")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_step, inference, trainable, total = build(args.batch, args.image_size)
@@ -330,8 +340,9 @@ def main():
           f"{args.image_size}x{args.image_size}; params {trainable:,} trainable / {total:,}",
           flush=True)
     if args.serve:
-        train_step()
-        inference()
+        calls = {"train": train_step, "inference": inference}
+        for workload in args.serve.split(","):
+            calls[workload]()
         serve(train_step, inference)
         return
 

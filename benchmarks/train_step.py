@@ -142,8 +142,22 @@ def peak_memory(devices) -> tuple[int, str]:
         peaks.append((stats or {}).get("peak_bytes_in_use"))
     if peaks and all(p is not None for p in peaks):
         return int(max(peaks)), "device peak_bytes_in_use"
+    return host_peak_rss_bytes(), "host peak RSS"
+
+
+def host_peak_rss_bytes() -> int:
+    """This process's peak resident set size. Linux's `VmHWM` starts afresh at `exec`, unlike
+    `ru_maxrss`, which a process started by fork + exec inherits from its parent (a subprocess
+    of a big process would report the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "host peak RSS"
+    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def _union_seconds(intervals: Sequence[tuple[float, float]], start: float, end: float) -> float:

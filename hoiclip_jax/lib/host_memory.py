@@ -27,7 +27,6 @@ TUNABLES = (
     ("glibc.malloc.arena_max", "1"),         # every thread allocates from the brk heap
     ("glibc.malloc.mmap_max", "0"),          # never a separate mapping per large request
     ("glibc.malloc.trim_threshold", str(1 << 40)),  # freed memory stays for the next step
-    ("glibc.malloc.hugetlb", "1"),           # madvise the heap for transparent huge pages
 )
 
 
