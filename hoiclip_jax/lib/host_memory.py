@@ -7,11 +7,15 @@ with `munmap`, so every step faults in and zeroes all of it again: on the projec
 machine the step took 283,000 page faults and 0.97 s of kernel time per 3.9 s step.
 
 With one malloc arena, no mmap'd chunks and no trimming, a freed buffer stays in the heap and
-the next step reuses it: 1 fault and 24 ms of kernel time per step, and the step ~12 % faster.
-Backing the heap with transparent huge pages where the kernel grants them on request
-(`glibc.malloc.hugetlb=1`) also cuts TLB misses: together ~20 % faster
-(benchmarks/README.md, "Host memory"). The costs: freed memory is not returned to the system
-while the process runs, and compilation is somewhat slower (one arena lock for every thread).
+the next step reuses it: 1 page fault and 9-21 ms of kernel time per step, and the step about
+12 % faster (three alternated pairs on that machine: 3,265 / 3,898 / 3,547 ms with glibc's
+defaults, 3,129 / 3,197 / 3,129 ms with these; benchmarks/README.md, "Host memory"). The
+evaluation forward gains nothing measurable, and neither does PyTorch with the same settings.
+The cost: freed memory is not returned to the system while the process runs, so the resident
+size stays at the step's peak (4.02 GiB for the hico step above, flat over 40 steps) instead of
+dropping between steps, and the single heap can fragment: a probe program with a 64 MB
+temporary buffer grew its heap at 10 of 400 calls, to 1.6 GB (the hico step did not grow). Transparent huge pages (`glibc.malloc.hugetlb=1`) were slower in 3
+of 3 alternated runs and added 1 GiB of RSS, so they are not set.
 
 glibc reads its tunables once, when a process starts, so the command-line entry points call
 `reexec_with_malloc_tunables()` first: it sets `GLIBC_TUNABLES` and re-executes the same
