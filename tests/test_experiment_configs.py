@@ -57,6 +57,8 @@ EXPERIMENTS = [
 ]
 # The others run through the training command line (`CommandLines`).
 COMMAND_LINES = [("hico_zs.py", "setting=unseen_verb"), ("vcoco.py", "")]
+# Overrides of one command line on top of the shared ones: V-COCO evaluates with TFE too.
+COMMAND_LINE_EXTRA = {("vcoco.py", ""): {"eval.tfe_k": (5,)}}
 
 
 # ----------------------------------------------------------------------------- config files
@@ -308,7 +310,7 @@ class CommandLines:
         workdir = folder / f"{name}-{arg}" / "run"
         overrides = {**helpers.smoke_overrides(world.roots[config.dataset.name],
                                                world.tfds_dir), **SHRINK,
-                     "train.eval_every_epochs": 1}
+                     "train.eval_every_epochs": 1, **COMMAND_LINE_EXTRA.get((name, arg), {})}
         command = [sys.executable, "-m", "hoiclip_jax.train",
                    "--config", f"configs/{name}" + (f":{arg}" if arg else ""),
                    "--workdir", str(workdir), *helpers.override_flags(overrides)]
@@ -414,9 +416,13 @@ def test_zero_shot_command_line(command_lines):
 
 def test_vcoco_command_line(command_lines):
     """`python -m hoiclip_jax.train --config configs/vcoco.py` trains and evaluates in the
-    V-COCO protocol (the proxy's mAP_all, the reference's model selection key)."""
+    V-COCO protocol (the proxy's mAP_all, the reference's model selection
+    key), with TFE, and finds the fake folder's corre_vcoco.npy (no stand-in warning)."""
     code, output, workdir = command_lines.result("vcoco.py", "")
     assert code == 0, output[-4000:]
-    _, evals, config = read_run(workdir)
-    assert len(evals) == 1 and "mAP_all" in evals[0]
+    steps, evals, config = read_run(workdir)
+    assert [r["step"] for r in steps] == [1, 2]  # 8 images, batches of 4
+    assert len(evals) == 1 and 0.0 <= evals[0]["mAP_all"] <= 1.0
+    assert 0.0 <= evals[0]["TFE_k5/mAP_thesis"] <= 1.0
+    assert "corre_vcoco.npy" not in output
     assert (config["dataset"]["name"], config["model"]["verb_weight"]) == ("vcoco", 0.1)
