@@ -22,8 +22,8 @@ $(STAMP): requirements.txt setup.py
 	@touch $(STAMP)
 
 # Two pytest workers, one test file each at a time (module fixtures stay in one process): on
-# the 2-core machine the suite (475 tests) took 569 s this way on a fresh clone (971 s in one
-# process, when it had 407 tests).
+# the 2-core machine the suite (482 tests) took 677 s this way on a fresh clone on 2026-12-07
+# (971 s in one process, when it had 407 tests; three workers were slower).
 TEST_WORKERS ?= 2
 
 # A compilation cache shared by the workers and the tests' subprocesses, empty at the start of
