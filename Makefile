@@ -22,7 +22,7 @@ $(STAMP): requirements.txt setup.py
 	@touch $(STAMP)
 
 # Two pytest workers, one test file each at a time (module fixtures stay in one process): on
-# the 2-core machine the suite (482 tests) took 677 s this way on a fresh clone on 2026-12-07
+# the 2-core machine the suite (482 tests) took 628-677 s this way on a fresh clone, 2026-12-07
 # (971 s in one process, when it had 407 tests; three workers were slower).
 TEST_WORKERS ?= 2
 
