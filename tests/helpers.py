@@ -5,6 +5,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
@@ -166,3 +167,26 @@ def assert_trees_close(a, b, rtol: float = 1e-5) -> None:
     assert scale > 0
     for x, y in zip(leaves, jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(y, np.float64), x, rtol=rtol, atol=rtol * scale)
+
+
+class LinearStandIn:
+    """Stands in for HOICLIP in the step (compiles in a second): the model's outputs, [L, B, N,
+    ...], linear in the params on each image's mean colour."""
+
+    def __init__(self, layers: int, queries: int, num_hois: int, num_objects: int):
+        self.shapes = {"hoi_logits": num_hois, "obj_logits": num_objects + 1, "sub_boxes": 4,
+                       "obj_boxes": 4}
+        self.layers, self.queries = layers, queries
+
+    def init(self, rng) -> dict:
+        keys = jax.random.split(rng, len(self.shapes))
+        return {name: jax.random.normal(key, (self.layers, self.queries, 3, size))
+                for key, (name, size) in zip(keys, self.shapes.items())}
+
+    def apply(self, variables, image, pixel_mask, clip_image, train, rngs):
+        del pixel_mask, clip_image, train, rngs
+        colour = image.mean((1, 2))  # [B, 3]
+        params = variables["params"]  # may hold more (frozen) entries than the outputs'
+        out = {k: jnp.einsum("bc,lnco->lbno", colour, params[k]) for k in self.shapes}
+        return dict(out, sub_boxes=jax.nn.sigmoid(out["sub_boxes"]),
+                    obj_boxes=jax.nn.sigmoid(out["obj_boxes"]))

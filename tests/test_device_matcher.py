@@ -11,7 +11,7 @@ from hoiclip_jax.train import matching
 from hoiclip_jax.lib import sharding
 from hoiclip_jax.train import step as train_step_lib
 from tests import helpers
-from tests.test_train_step import LinearStandIn
+from tests.helpers import LinearStandIn
 
 
 def _random_case(rng, layers, images, queries, columns):

@@ -1,6 +1,5 @@
 """The data-parallel step: the device count must not change the result; checkpoints round-trip."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -88,35 +87,13 @@ def test_steps_really_train(setup, runs):
     assert len({round(float(m["loss"]), 6) for m in history}) == NUM_STEPS
 
 
-class LinearStandIn:
-    """Stands in for HOICLIP in the step (compiles in a second): the model's outputs, [L, B, N,
-    ...], linear in the params on each image's mean colour."""
-
-    def __init__(self, layers: int, queries: int, num_hois: int, num_objects: int):
-        self.shapes = {"hoi_logits": num_hois, "obj_logits": num_objects + 1, "sub_boxes": 4,
-                       "obj_boxes": 4}
-        self.layers, self.queries = layers, queries
-
-    def init(self, rng) -> dict:
-        keys = jax.random.split(rng, len(self.shapes))
-        return {name: jax.random.normal(key, (self.layers, self.queries, 3, size))
-                for key, (name, size) in zip(keys, self.shapes.items())}
-
-    def apply(self, variables, image, pixel_mask, clip_image, train, rngs):
-        del pixel_mask, clip_image, train, rngs
-        colour = image.mean((1, 2))  # [B, 3]
-        out = {k: jnp.einsum("bc,lnco->lbno", colour, w) for k, w in variables["params"].items()}
-        return dict(out, sub_boxes=jax.nn.sigmoid(out["sub_boxes"]),
-                    obj_boxes=jax.nn.sigmoid(out["obj_boxes"]))
-
-
 def test_per_device_normalizer_follows_the_mesh(setup):
     """A per_device step on 2 devices = the step whose loss has 2 normaliser groups on 1 device."""
     config, _, _, _, batches = setup
     loss_config = config.loss.copy_and_resolve_references()
     loss_config.normalizer = "per_device"
     tables = class_tables.load_class_tables(config.dataset)
-    model = LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
+    model = helpers.LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
     tx = optax.adamw(1e-2)
     # A host copy: the trainer's step donates the device copy it is given.
     initial = jax.device_get(
@@ -177,7 +154,7 @@ def test_nonfinite_loss_skips_the_update(setup):
     loss_config = config.loss.copy_and_resolve_references()
     loss_config.hoi_coef = float("nan")
     tables = class_tables.load_class_tables(config.dataset)
-    model = LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
+    model = helpers.LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
     tx = optax.adamw(optax.constant_schedule(1e-2))
     initial = jax.device_get(
         train_step_lib.init_state(model.init(jax.random.PRNGKey(0)), {}, tx, seed=0))
