@@ -140,10 +140,6 @@ def jax_calls(config, batch_size: int, workloads: Sequence[str]
     return calls
 
 
-def _load() -> str:
-    return open("/proc/loadavg").read().split()[0]
-
-
 def main(argv) -> None:
     from absl import flags
     f = flags.FLAGS
@@ -165,19 +161,19 @@ def main(argv) -> None:
                           "--image-size", str(height), "--threads",
                           str(f["torch-threads"].value)], env)
     print("\n".join(worker.header))
-    load_before = _load()
+    load_before = os.getloadavg()[0]
     comparisons = []
     for workload in workloads:
         ours, theirs = take_turns(calls[workload], lambda w=workload: worker.call(w), f.steps)
         comparisons.append(Comparison(workload, tuple(ours), tuple(theirs)))
-    load_after = _load()
+    load_after = os.getloadavg()[0]
     torch_rss = worker.close()
     ours_rss = bench.host_peak_rss_bytes() / 2 ** 30
     print(format_table(comparisons))
     print(f"GLIBC_TUNABLES: ours {os.environ.get('GLIBC_TUNABLES', '')!r}, the proxy's "
           f"{env.get('GLIBC_TUNABLES', '')!r}")
     print(f"batch {batch}, {height}x{width}, {jax.default_backend()}; 1-minute load "
-          f"{load_before} before, {load_after} after; peak RSS: PyTorch proxy "
+          f"{load_before:.2f} before, {load_after:.2f} after; peak RSS: PyTorch proxy "
           f"{torch_rss:.2f} GiB, this process ({' and '.join(workloads)}) {ours_rss:.2f} GiB")
     for c in comparisons:
         print(f"{c.workload}: ours " + ", ".join(f"{t * 1e3:.0f}" for t in c.ours)
@@ -193,7 +189,8 @@ if __name__ == "__main__":
     bench.define_step_flags(10, "Rounds per workload: each round is one call of each program.")
     flags.DEFINE_list("workloads", list(WORKLOADS), "Which to time, in this order, each in its "
                       "own series of rounds (a process with only one compiles only that one).")
-    flags.DEFINE_string("torch-python", None, "Python interpreter with torch (and scipy) installed.")
+    flags.DEFINE_string("torch-python", None,
+                        "Python interpreter with torch (and scipy) installed.")
     flags.DEFINE_integer("torch-threads", 2, "torch.set_num_threads of the proxy.")
     flags.DEFINE_bool("proxy-malloc-tunables", False, "Run the proxy with this project's glibc "
                       "malloc tunables too (hoiclip_jax/lib/host_memory.py).")

@@ -297,7 +297,9 @@ def build(batch: int, size: int):
 
 def peak_rss_gib() -> float:
     """Peak RSS of this process: Linux's VmHWM (a subprocess's `ru_maxrss` would include its
-    parent's peak from before the exec), else ru_maxrss."""
+    parent's peak from before the exec), else ru_maxrss. (benchmarks/train_step.py's
+    `host_peak_rss_bytes` in GiB: this script runs in a torch venv without jax or this
+    project, so it cannot import that one.)"""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -308,11 +310,10 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def serve(train_step, inference) -> None:
-    """`--serve`: runs one call per stdin line ('train' or 'inference') and answers
-    'ms <milliseconds>'; 'quit' answers 'rss <peak GiB>' and ends. Used by
+def serve(calls: dict) -> None:
+    """`--serve`: runs one call per stdin line (a key of `calls`: 'train' or 'inference') and
+    answers 'ms <milliseconds>'; 'quit' answers 'rss <peak GiB>' and ends. Used by
     benchmarks/side_by_side.py to interleave this model's steps with hoiclip-jax's."""
-    calls = {"train": train_step, "inference": inference}
     print("ready", flush=True)
     for line in sys.stdin:
         command = line.strip()
@@ -342,8 +343,8 @@ def main():
     if args.serve:
         calls = {"train": train_step, "inference": inference}
         for workload in args.serve.split(","):
-            calls[workload]()
-        serve(train_step, inference)
+            calls[workload]()  # warm-up
+        serve(calls)
         return
 
     def timed(fn):

@@ -56,9 +56,8 @@ EXPERIMENTS = [
     ("hico_zs.py", "setting=unseen_object"),
 ]
 # The others run through the training command line (`CommandLines`).
-COMMAND_LINES = [("hico_zs.py", "setting=unseen_verb"), ("vcoco.py", "")]
-# Overrides of one command line on top of the shared ones: V-COCO evaluates with TFE too.
-COMMAND_LINE_EXTRA = {("vcoco.py", ""): {"eval.tfe_k": (5,)}}
+# {(config file, `:arg`): overrides on top of the shared ones}: V-COCO evaluates with TFE too.
+COMMAND_LINES = {("hico_zs.py", "setting=unseen_verb"): {}, ("vcoco.py", ""): {"eval.tfe_k": (5,)}}
 
 
 # ----------------------------------------------------------------------------- config files
@@ -300,17 +299,18 @@ class CommandLines:
     on a background thread, so that they compile on the second core while the in-process
     experiments run. `result(name, arg)` waits for one: (exit code, output, workdir)."""
 
-    def __init__(self, world: World, folder, runs: list[tuple[str, str]]):
+    def __init__(self, world: World, folder, runs: dict[tuple[str, str], dict]):
         self.processes = {}
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self.futures = {run: self.pool.submit(self._run, world, folder, *run) for run in runs}
+        self.futures = {run: self.pool.submit(self._run, world, folder, *run, extra)
+                        for run, extra in runs.items()}
 
-    def _run(self, world: World, folder, name: str, arg: str):
+    def _run(self, world: World, folder, name: str, arg: str, extra: dict):
         config = world.config(name, arg)
         workdir = folder / f"{name}-{arg}" / "run"
         overrides = {**helpers.smoke_overrides(world.roots[config.dataset.name],
                                                world.tfds_dir), **SHRINK,
-                     "train.eval_every_epochs": 1, **COMMAND_LINE_EXTRA.get((name, arg), {})}
+                     "train.eval_every_epochs": 1, **extra}
         command = [sys.executable, "-m", "hoiclip_jax.train",
                    "--config", f"configs/{name}" + (f":{arg}" if arg else ""),
                    "--workdir", str(workdir), *helpers.override_flags(overrides)]

@@ -14,8 +14,9 @@ evaluation forward gains nothing measurable, and neither does PyTorch with the s
 The cost: freed memory is not returned to the system while the process runs, so the resident
 size stays at the step's peak (4.02 GiB for the hico step above, flat over 40 steps) instead of
 dropping between steps, and the single heap can fragment: a probe program with a 64 MB
-temporary buffer grew its heap at 10 of 400 calls, to 1.6 GB (the hico step did not grow). Transparent huge pages (`glibc.malloc.hugetlb=1`) were slower in 3
-of 3 alternated runs and added 1 GiB of RSS, so they are not set.
+temporary buffer grew its heap at 10 of 400 calls, to 1.6 GB (the hico step did not grow).
+Transparent huge pages (`glibc.malloc.hugetlb=1`) were slower in 3 of 3 alternated runs and
+added 1 GiB of RSS, so they are not set.
 
 glibc reads its tunables once, when a process starts, so the command-line entry points call
 `reexec_with_malloc_tunables()` first: it sets `GLIBC_TUNABLES` and re-executes the same
