@@ -1,4 +1,5 @@
-"""Trains the tiny test config in its own process, for tests/test_resume.py (which kills it).
+"""Trains the tiny test config in its own process, for tests/test_end_to_end.py (which kills
+it).
 
     python -m tests.resume_runner DATA_ROOT WORKDIR
 

@@ -404,7 +404,7 @@ def read_run(workdir) -> tuple[list[dict], list[dict], dict]:
 
 def test_zero_shot_command_line(command_lines):
     """`python -m hoiclip_jax.train --config configs/hico_zs.py:setting=unseen_verb` starts as
-    written on the fake folder (sizes and paths overridden as in test_real_configs.py), trains
+    written on the fake folder (sizes and paths overridden by `helpers.smoke_overrides`), trains
     on the seen classes and evaluates Unseen / Seen / Full."""
     code, output, workdir = command_lines.result("hico_zs.py", "setting=unseen_verb")
     assert code == 0, output[-4000:]

@@ -2,8 +2,8 @@
 failing with a full disk leaves the earlier checkpoints intact and usable; a truncated checkpoint
 or one of another model fails with an error naming it, and restores nothing.
 
-SIGKILL at a random training step, then an exact resume, is tests/test_resume.py; here the kill
-is placed inside a checkpoint write.
+SIGKILL at a random training step, then an exact resume, is tests/test_end_to_end.py; here the
+kill is placed inside a checkpoint write.
 """
 import errno
 import gc

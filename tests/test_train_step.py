@@ -6,9 +6,9 @@ import pytest
 
 from data_pipeline import class_tables
 from hoiclip_jax.lib import checkpoints, sharding
-from hoiclip_jax.train import matching, optim, state as state_io
+from hoiclip_jax.train import matching, optim
 from hoiclip_jax.train import step as train_step_lib
-from tests import helpers
+from tests import helpers, param_fill
 
 GLOBAL_BATCH = 4
 NUM_STEPS = 3
@@ -23,7 +23,8 @@ def setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny")
     config = helpers.tiny_config(helpers.write_tiny_table(str(directory)))
     tables = class_tables.load_class_tables(config.dataset)
-    model, tx, _, state = state_io.build_state(config, tables, steps_per_epoch=10)
+    # Filled, not initialised, parameters: any values do, and the init's compile is 6-10 s.
+    model, tx, state = param_fill.filled_state(config, tables)
     state = jax.device_get(state)  # host copy: each run donates its own device buffers
     batches = [helpers.random_batch(config, tables.num_hois, tables.num_objects, GLOBAL_BATCH,
                                     seed=s)
