@@ -22,13 +22,14 @@ $(STAMP): requirements.txt setup.py
 	@touch $(STAMP)
 
 # Two pytest workers, one test file each at a time (module fixtures stay in one process): on
-# the 2-core machine the suite (482 tests) took 628-677 s this way on a fresh clone, 2026-12-07
+# the 2-core machine the suite (481 tests) took 503 s this way on a fresh clone, 2026-12-07
 # (971 s in one process, when it had 407 tests; three workers were slower).
 TEST_WORKERS ?= 2
 
 # A compilation cache shared by the workers and the tests' subprocesses, empty at the start of
 # every run: many tests compile the same tiny-config programs (a resumed run, the evaluator of a
-# trained one), and a hit skips XLA's compile (test_end_to_end: 87 -> 73 s).
+# trained one), and a hit skips XLA's compile (the in-process end-to-end test of 2026-12-03:
+# 87 -> 73 s).
 test: $(STAMP)
 	@cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
 	  export JAX_COMPILATION_CACHE_DIR="$$cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
@@ -40,6 +41,10 @@ $(DEMO_DATA)/annotations/test_hico.json: $(STAMP) $(wildcard data_pipeline/synth
 
 data-demo: $(DEMO_DATA)/annotations/test_hico.json
 
+# The demo runs with glibc's malloc defaults (hoiclip_jax/lib/host_memory.py): its small step
+# gains nothing from the settings, and their single arena serialised the data loader's threads
+# (3 demo epochs: 80 / 96 s with them, 68 / 70 s without, 2026-12-07).
+demo: export HOICLIP_MALLOC_TUNABLES = 0
 demo: data-demo
 	rm -rf $(DEMO_RUN)
 	$(PY) -m hoiclip_jax.evaluate --config configs/demo.py --workdir $(DEMO_RUN) --untrained \
