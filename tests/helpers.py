@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
+from hoiclip_jax.train import step as train_step
 
 TINY_VERBS = ["hold", "ride", "no_interaction"]
 TINY_OBJECTS = ["person", "ball", "horse"]
@@ -185,6 +186,11 @@ class LinearStandIn:
         keys = jax.random.split(rng, len(self.shapes))
         return {name: jax.random.normal(key, (self.layers, self.queries, 3, size))
                 for key, (name, size) in zip(keys, self.shapes.items())}
+
+    def initial_state(self, tx, frozen: dict | None = None, seed: int = 0) -> dict:
+        """The trainer's step-0 state (`step.init_state`): these params trained by `tx`, beside
+        `frozen` ones (default none)."""
+        return train_step.init_state(self.init(jax.random.PRNGKey(seed)), frozen or {}, tx, seed)
 
     def apply(self, variables, image, pixel_mask, clip_image, train, rngs):
         del pixel_mask, clip_image, train, rngs

@@ -11,17 +11,15 @@ import optax
 from benchmarks import train_step as bench
 from data_pipeline import class_tables
 from hoiclip_jax.train import matching
-from hoiclip_jax.train import step as train_step_lib
 from tests import helpers
 
 
 def stand_in_state(config, tables):
     """(model, tx, step-0 state) of `helpers.LinearStandIn`, with a frozen part as HOICLIP's."""
     model = helpers.LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
-    trainable = model.init(jax.random.PRNGKey(0))
-    frozen = {"frozen_scale": np.ones(3, np.float32)}
     tx = optax.adamw(1e-3)
-    return model, tx, train_step_lib.init_state(trainable, frozen, tx, config.seed)
+    return model, tx, model.initial_state(tx, {"frozen_scale": np.ones(3, np.float32)},
+                                          config.seed)
 
 
 def test_measure_reports_sane_fields(tmp_path):

@@ -70,7 +70,7 @@ def test_train_step_losses_equal_with_either_backend(tmp_path):
     model = LinearStandIn(2, 4, tables.num_hois, tables.num_objects)
     tx = optax.adamw(1e-2)
     initial = jax.device_get(
-        train_step_lib.init_state(model.init(jax.random.PRNGKey(0)), {}, tx, seed=0))
+        model.initial_state(tx))
     batch = helpers.random_batch(config, tables.num_hois, tables.num_objects,
                                  4, seed=1)
     mesh = sharding.make_mesh(jax.devices()[:2])

@@ -36,8 +36,7 @@ def stand_in(setup):
     model = helpers.LinearStandIn(config.model.dec_layers, config.model.num_queries,
                                   tables.num_hois, tables.num_objects)
     tx = optax.adamw(config.optim.lr)
-    state = train_step_lib.init_state(model.init(jax.random.PRNGKey(1)), {}, tx, seed=0)
-    return config, model, tx, jax.device_get(state), batch
+    return config, model, tx, jax.device_get(model.initial_state(tx)), batch
 
 
 def one_step(setup, num_devices: int, microbatches: int, normalizer: str = "global"):
